@@ -1,0 +1,1 @@
+"""Benchmark rows for qnode perf, one module per stage."""

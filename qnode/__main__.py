@@ -1,0 +1,3 @@
+from qnode.cli import main
+
+main()
