@@ -1,0 +1,182 @@
+"""Concrete transports: pyvisa-py (TCPIP SOCKET, ASRL) and pyserial (``serial_for_url``).
+
+``make_adapter(resource, name)`` picks one from the resource string:
+
+- ``TCPIP[n]::host::port::SOCKET`` and ``ASRL...::INSTR`` (``ASRL/dev/pts/N::INSTR``,
+  ``ASRLsocket://host:port::INSTR``) -> ``VisaAdapter`` over ``ResourceManager("@py")``;
+- a device path or a pyserial URL (``/dev/pts/N``, ``socket://host:port``, ``loop://``,
+  ``rfc2217://...``) -> ``SerialAdapter`` over pyserial.
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+import threading
+
+import serial
+from pyvisa import constants
+from pyvisa.errors import VisaIOError
+
+from drivers.adapter import Adapter
+from drivers.errors import InstrumentDisconnected, InstrumentError, InstrumentTimeout
+
+_RM = None
+_RM_LOCK = threading.Lock()
+
+
+def resource_manager():
+    """The process-wide pyvisa ResourceManager on the pyvisa-py backend (created once)."""
+    global _RM
+    with _RM_LOCK:
+        if _RM is None:
+            import pyvisa
+
+            _RM = pyvisa.ResourceManager("@py")
+        return _RM
+
+
+def is_visa_resource(resource: str) -> bool:
+    """True for resource names pyvisa opens (TCPIP.../ASRL...), False for pyserial URLs/paths."""
+    upper = resource.upper()
+    return upper.startswith(("TCPIP", "ASRL", "GPIB", "USB", "VXI"))
+
+
+def make_adapter(resource: str, name: str, **kwargs) -> Adapter:
+    """Adapter for ``resource``: pyvisa-py for VISA names, pyserial for paths and URLs."""
+    if is_visa_resource(resource):
+        return VisaAdapter(resource, name, **kwargs)
+    return SerialAdapter(resource, name, **kwargs)
+
+
+class VisaAdapter(Adapter):
+    """pyvisa-py session; reads lines with the terminator on, block payloads with it off."""
+
+    def __init__(self, resource: str, name: str, *, baud_rate: int = 115200, **kwargs) -> None:
+        super().__init__(resource, name, **kwargs)
+        self.baud_rate = baud_rate
+        self._res = None
+        self._sock: socket.socket | None = None
+        self._chunk = 1 << 20
+
+    def _open(self) -> None:
+        timeout_ms = int(self.timeout_s * 1000)
+        kwargs = {"read_termination": "\n", "timeout": timeout_ms, "open_timeout": timeout_ms}
+        if self.resource.upper().startswith("ASRL"):
+            kwargs["baud_rate"] = self.baud_rate
+        self._res = resource_manager().open_resource(self.resource, **kwargs)
+        self._sock = None
+        if self.resource.upper().endswith("::SOCKET"):
+            session = self._res.visalib.sessions[self._res.session]
+            sock = session.interface
+            # pyvisa-py connects non-blocking and reports success even when refused: ask.
+            err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            if err:
+                raise ConnectionRefusedError(
+                    err, f"connect to {self.resource}: {errno.errorcode.get(err, err)}"
+                )
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            # pyvisa-py receives 4 KiB per recv() by default; large blocks go faster in 1 MiB.
+            session.max_recv_size = self._chunk
+            self._sock = sock
+
+    def _close(self) -> None:
+        res, self._res, self._sock = self._res, None, None
+        if res is not None:
+            res.close()
+
+    def _peer_closed(self) -> bool:
+        """True when the TCP peer has closed or reset (pyvisa-py would wait for the timeout)."""
+        if self._sock is None:
+            return False
+        try:
+            return self._sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+        except BlockingIOError:
+            return False
+        except OSError:
+            return True
+
+    def _write_bytes(self, data: bytes) -> None:
+        if self._peer_closed():
+            raise ConnectionResetError("peer closed the connection")
+        self._res.write_raw(data)
+
+    def _read_line(self) -> bytes:
+        return self._res.read_raw()
+
+    def _read_exact(self, count: int) -> bytes:
+        res = self._res
+        res.set_visa_attribute(constants.VI_ATTR_TERMCHAR_EN, False)
+        try:
+            return res.read_bytes(count, chunk_size=self._chunk)
+        finally:
+            res.set_visa_attribute(constants.VI_ATTR_TERMCHAR_EN, True)
+
+    def _translate(self, exc: BaseException, command: str) -> InstrumentError | None:
+        if isinstance(exc, VisaIOError):
+            if exc.error_code == constants.StatusCode.error_timeout:
+                # pyvisa-py reports a closed peer as a timeout: look at the socket.
+                if self._peer_closed():
+                    return InstrumentDisconnected(self.name, command, "peer closed the connection")
+                return InstrumentTimeout(self.name, command, f"no answer within {self.timeout_s} s")
+            return InstrumentDisconnected(self.name, command, f"VISA error: {exc}")
+        if isinstance(exc, serial.SerialException):  # ASRL sessions run on pyserial
+            return InstrumentDisconnected(self.name, command, f"serial port lost: {exc}")
+        return super()._translate(exc, command)
+
+
+class SerialAdapter(Adapter):
+    """pyserial ``serial_for_url`` port with its own line buffer (pyserial reads 1 byte per call)."""
+
+    def __init__(self, resource: str, name: str, *, baud_rate: int = 115200, **kwargs) -> None:
+        super().__init__(resource, name, **kwargs)
+        self.baud_rate = baud_rate
+        self._port: serial.SerialBase | None = None
+        self._buf = bytearray()
+
+    def _open(self) -> None:
+        self._buf.clear()
+        self._port = serial.serial_for_url(
+            self.resource,
+            baudrate=self.baud_rate,
+            timeout=self.timeout_s,
+            write_timeout=self.timeout_s,
+        )
+
+    def _close(self) -> None:
+        port, self._port = self._port, None
+        if port is not None:
+            port.close()
+
+    def _write_bytes(self, data: bytes) -> None:
+        self._port.write(data)
+
+    def _fill(self) -> None:
+        port = self._port
+        chunk = port.read(max(1, port.in_waiting))
+        if not chunk:
+            raise TimeoutError("serial read timed out")
+        self._buf += chunk
+
+    def _read_line(self) -> bytes:
+        while True:
+            end = self._buf.find(b"\n")
+            if end >= 0:
+                line = bytes(self._buf[: end + 1])
+                del self._buf[: end + 1]
+                return line
+            self._fill()
+
+    def _read_exact(self, count: int) -> bytes:
+        while len(self._buf) < count:
+            self._fill()
+        out = bytes(self._buf[:count])
+        del self._buf[:count]
+        return out
+
+    def _translate(self, exc: BaseException, command: str) -> InstrumentError | None:
+        if isinstance(exc, serial.SerialTimeoutException):
+            return InstrumentTimeout(self.name, command, f"write blocked for {self.timeout_s} s")
+        if isinstance(exc, serial.SerialException):
+            return InstrumentDisconnected(self.name, command, f"serial port lost: {exc}")
+        return super()._translate(exc, command)
