@@ -1,0 +1,408 @@
+"""Authenticated classical channel between Alice's and Bob's post-processing processes.
+
+Pattern (ZeroMQ guide): ROUTER (the binding side) / DEALER (the connecting side) over TCP, with
+heartbeats for liveness ("Paranoid Pirate" style: silence for ``timeout_s`` = peer lost).
+
+Wire frames (after the ROUTER identity): ``[envelope, body, tag]``.
+- ``envelope`` msgpack ``{"v": 1, "sid", "dir", "seq", "kind", "alg"}``; ``kind`` is ``hello``,
+  ``welcome``, ``hb`` or ``msg``; ``dir`` names the direction (``alice>bob``) so a message can
+  never be reflected back to its sender.
+- ``body`` msgpack: the stage message (a dict with ``type`` and its block/frame identifiers).
+- ``tag`` authenticates (envelope, body): HMAC-SHA256 under the pre-shared secret by default,
+  or Wegman-Carter (see :mod:`qnode.wegman_carter`) once both nodes hold pad blocks.
+
+Sessions: the connector sends ``hello`` with a fresh nonce, the binder answers ``welcome`` with its
+own; the session id is ``sha256(n_c || n_b)[:16]``; sequence numbers restart at 1 per direction.
+A message from another session, with a bad tag (tampered or truncated), or with a sequence number
+not above the last one accepted (replayed or reordered) is rejected and counted; a sequence jump
+(a message dropped on the way) is accepted but reported. Each such integrity event and each
+session change is handed to the caller (:meth:`ClassicalChannel.take_events`), which drops the
+blocks in flight on both sides (``abort`` by block identifier). A lost peer leaves all state
+(the key store, counters) as it is; the connector keeps saying ``hello`` until the peer is back.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import zmq
+
+from qnode.codec import CodecError, packb, unpackb
+
+TAG_BYTES = 32
+
+
+class ChannelError(RuntimeError):
+    """The channel cannot send (no session with the peer, or the pad ran out)."""
+
+
+@dataclass
+class ChannelStats:
+    sent: int = 0
+    received: int = 0
+    heartbeats_sent: int = 0
+    rejected_malformed: int = 0
+    rejected_auth: int = 0
+    rejected_replay: int = 0
+    rejected_session: int = 0
+    gaps: int = 0
+    sessions: int = 0
+    peer_lost: int = 0
+
+    def rejected(self) -> int:
+        return (
+            self.rejected_malformed
+            + self.rejected_auth
+            + self.rejected_replay
+            + self.rejected_session
+        )
+
+
+@dataclass
+class ChannelEvent:
+    """Something the post-processing loop must react to (drop blocks in flight)."""
+
+    kind: str  # "connected", "peer_lost", "rejected", "gap"
+    detail: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class HmacAuth:
+    """HMAC-SHA256 over (direction, session, sequence number, message bytes)."""
+
+    name = "hmac"
+
+    def __init__(self, secret: bytes) -> None:
+        if len(secret) < 16:
+            raise ValueError("the channel secret must be at least 16 bytes")
+        self._secret = secret
+
+    def __repr__(self) -> str:
+        return "HmacAuth(<secret>)"
+
+    def tag(self, direction: str, seq: int, envelope: bytes, body: bytes) -> bytes:
+        mac = hmac.new(self._secret, digestmod=hashlib.sha256)
+        mac.update(direction.encode() + b"|" + seq.to_bytes(8, "big"))
+        mac.update(len(envelope).to_bytes(4, "big") + envelope + body)
+        return mac.digest()
+
+    def verify(self, direction: str, seq: int, envelope: bytes, body: bytes, tag: bytes) -> bool:
+        return hmac.compare_digest(self.tag(direction, seq, envelope, body), tag)
+
+
+def load_secret(path: str | None = None, env: str | None = None) -> bytes:
+    """Read the pre-shared secret from a file or an environment variable (hex or raw bytes)."""
+    if path:
+        data = open(path, "rb").read().strip()
+    elif env:
+        value = os.environ.get(env)
+        if not value:
+            raise ValueError(f"environment variable {env} is not set")
+        data = value.encode().strip()
+    else:
+        raise ValueError("no channel secret: give secret_file or secret_env")
+    try:
+        data = bytes.fromhex(data.decode())
+    except (ValueError, UnicodeDecodeError):
+        pass
+    if len(data) < 16:
+        raise ValueError("the channel secret must be at least 16 bytes")
+    return data
+
+
+class ClassicalChannel:
+    """One node's end of the authenticated channel; poll-driven, no threads.
+
+    ``bind=True`` listens (ROUTER), else connects (DEALER). Call :meth:`poll` (or :meth:`recv`)
+    regularly: it receives, verifies, sends heartbeats and hellos, and detects a lost peer.
+    """
+
+    def __init__(
+        self,
+        node: str,
+        peer: str,
+        endpoint: str,
+        secret: bytes,
+        *,
+        bind: bool,
+        heartbeat_s: float = 0.5,
+        timeout_s: float = 3.0,
+        context: zmq.Context | None = None,
+        wegman_carter: Any | None = None,
+        sndhwm: int = 1000,
+    ) -> None:
+        self.node, self.peer, self.bind = node, peer, bind
+        self._hmac = HmacAuth(secret)
+        self._wc = wegman_carter
+        self.heartbeat_s, self.timeout_s = heartbeat_s, timeout_s
+        self._ctx = context or zmq.Context.instance()
+        self._endpoint = endpoint
+        self._sndhwm = sndhwm
+        self.stats = ChannelStats()
+        self._events: list[ChannelEvent] = []
+        self._inbox: list[dict[str, Any]] = []
+        self._sid: bytes | None = None
+        self._peer_identity: bytes | None = None
+        self._send_seq = 0
+        self._recv_seq = 0
+        self._last_rx = self._last_tx = 0.0
+        self._hello_nonce: bytes | None = None
+        self._seen_hellos: set[bytes] = set()
+        self._wc_session: Any | None = None
+        self._sock = self._make_socket()
+        self.endpoint = self._sock.last_endpoint.decode() if bind else endpoint
+
+    def __repr__(self) -> str:
+        return f"ClassicalChannel({self.node}->{self.peer}, {self._endpoint}, <secret>)"
+
+    # -- sockets --------------------------------------------------------------------------------
+    def _make_socket(self) -> zmq.Socket:
+        sock = self._ctx.socket(zmq.ROUTER if self.bind else zmq.DEALER)
+        sock.linger = 0
+        sock.sndhwm = self._sndhwm
+        sock.rcvhwm = self._sndhwm
+        if self.bind:
+            sock.router_mandatory = False
+            sock.bind(self._endpoint)
+        else:
+            sock.connect(self._endpoint)
+        return sock
+
+    @property
+    def connected(self) -> bool:
+        return self._sid is not None
+
+    @property
+    def session(self) -> bytes | None:
+        return self._sid
+
+    @property
+    def out_dir(self) -> str:
+        return f"{self.node}>{self.peer}"
+
+    @property
+    def in_dir(self) -> str:
+        return f"{self.peer}>{self.node}"
+
+    # -- sending ----------------------------------------------------------------------------------
+    def _raw_send(self, frames: list[bytes]) -> None:
+        if self.bind:
+            if self._peer_identity is None:
+                raise ChannelError("no peer has said hello yet")
+            frames = [self._peer_identity, *frames]
+        try:
+            self._sock.send_multipart(frames, flags=zmq.NOBLOCK)
+        except zmq.Again as exc:
+            raise ChannelError("peer is not draining the channel (send queue full)") from exc
+        self._last_tx = time.monotonic()
+
+    def _send_kind(self, kind: str, body_obj: Any, sid: bytes, seq: int, alg: str) -> None:
+        envelope = packb(
+            {"v": 1, "sid": sid, "dir": self.out_dir, "seq": seq, "kind": kind, "alg": alg}
+        )
+        body = packb(body_obj)
+        if alg == "wc":
+            tag = self._wc_session.tag(self.out_dir, seq, envelope, body)
+        else:
+            tag = self._hmac.tag(self.out_dir, seq, envelope, body)
+        self._raw_send([envelope, body, tag])
+
+    def send(self, message: dict[str, Any]) -> None:
+        """Send one stage message to the peer; raise ChannelError if there is no session."""
+        if "type" not in message:
+            raise ValueError("a peer message needs a 'type'")
+        if self._sid is None:
+            raise ChannelError(f"no session with {self.peer}")
+        self._send_seq += 1
+        alg = "wc" if self._wc_session is not None else "hmac"
+        if alg == "wc" and not self._wc_session.has_pad(self.out_dir, self._send_seq):
+            self._lose_peer("one-time pad exhausted; new session")
+            raise ChannelError("Wegman-Carter pad exhausted; the session restarts")
+        self._send_kind("msg", message, self._sid, self._send_seq, alg)
+        self.stats.sent += 1
+
+    def _send_heartbeat(self) -> None:
+        self._send_seq += 1
+        alg = "wc" if self._wc_session is not None else "hmac"
+        if alg == "wc" and not self._wc_session.has_pad(self.out_dir, self._send_seq):
+            self._lose_peer("one-time pad exhausted; new session")
+            return
+        self._send_kind("hb", {}, self._sid, self._send_seq, alg)
+        self.stats.heartbeats_sent += 1
+
+    def _send_hello(self) -> None:
+        self._hello_nonce = os.urandom(16)
+        body = {"nonce": self._hello_nonce, "node": self.node}
+        if self._wc is not None:
+            body["wc"] = self._wc.offer()
+        self._send_kind("hello", body, b"", 0, "hmac")
+
+    # -- receiving --------------------------------------------------------------------------------
+    def poll(self, timeout_ms: int = 0) -> None:
+        """Receive and verify whatever arrived, keep the session alive (heartbeats, hellos)."""
+        deadline = time.monotonic() + timeout_ms / 1000
+        while True:
+            self._housekeeping()
+            left = max(0, int((deadline - time.monotonic()) * 1000))
+            wait = min(left, int(self.heartbeat_s * 1000))
+            if self._sock.poll(wait):
+                frames = self._sock.recv_multipart()
+                self._handle(frames)
+                # drain without blocking
+                while self._sock.poll(0):
+                    self._handle(self._sock.recv_multipart())
+                return
+            if time.monotonic() >= deadline:
+                return
+
+    def recv(self, timeout_ms: int = 0) -> dict[str, Any] | None:
+        """Next verified stage message, or None after ``timeout_ms``."""
+        deadline = time.monotonic() + timeout_ms / 1000
+        while not self._inbox:
+            left = int((deadline - time.monotonic()) * 1000)
+            self.poll(max(0, left))
+            if self._inbox or time.monotonic() >= deadline:
+                break
+        return self._inbox.pop(0) if self._inbox else None
+
+    def take_events(self) -> list[ChannelEvent]:
+        events, self._events = self._events, []
+        return events
+
+    def _housekeeping(self) -> None:
+        now = time.monotonic()
+        if self._sid is not None:
+            if now - self._last_rx > self.timeout_s:
+                self._lose_peer(f"no message for {self.timeout_s} s")
+            elif now - self._last_tx > self.heartbeat_s:
+                try:
+                    self._send_heartbeat()
+                except ChannelError:
+                    pass
+        elif not self.bind and now - self._last_tx > self.heartbeat_s:
+            self._send_hello()
+
+    def _lose_peer(self, reason: str) -> None:
+        if self._sid is not None:
+            self.stats.peer_lost += 1
+            self._events.append(ChannelEvent("peer_lost", reason))
+        self._sid = None
+        self._wc_session = None
+        if not self.bind:
+            # A fresh socket forgets messages queued for the dead session.
+            self._sock.close(0)
+            self._sock = self._make_socket()
+            self._last_tx = 0.0
+
+    def _reject(self, counter: str, detail: str) -> None:
+        setattr(self.stats, counter, getattr(self.stats, counter) + 1)
+        self._events.append(ChannelEvent("rejected", detail, {"counter": counter}))
+
+    def _handle(self, frames: list[bytes]) -> None:
+        identity = None
+        if self.bind:
+            identity, frames = frames[0], frames[1:]
+        if len(frames) != 3:
+            return self._reject("rejected_malformed", f"{len(frames)} frames")
+        envelope, body, tag = (bytes(f) for f in frames)
+        try:
+            env = unpackb(envelope)
+            sid, direction, seq, kind = env["sid"], env["dir"], env["seq"], env["kind"]
+            alg = env.get("alg", "hmac")
+            if not isinstance(seq, int) or not isinstance(sid, bytes):
+                raise CodecError("bad envelope types")
+        except (CodecError, KeyError, TypeError):
+            return self._reject("rejected_malformed", "envelope does not decode")
+        if direction != self.in_dir:
+            return self._reject("rejected_auth", f"direction {direction!r}")
+        if kind == "hello":
+            return self._on_hello(identity, envelope, body, tag)
+        if kind == "welcome":
+            return self._on_welcome(envelope, body, tag, sid)
+        if self._sid is None or sid != self._sid or (self.bind and identity != self._peer_identity):
+            return self._reject("rejected_session", "message from another session")
+        if alg == "wc":
+            ok = self._wc_session is not None and self._wc_session.verify(
+                direction, seq, envelope, body, tag
+            )
+        else:
+            ok = self._wc_session is None and self._hmac.verify(direction, seq, envelope, body, tag)
+        if not ok:
+            return self._reject("rejected_auth", f"bad tag on seq {seq}")
+        if seq <= self._recv_seq:
+            return self._reject("rejected_replay", f"seq {seq} after {self._recv_seq}")
+        if seq > self._recv_seq + 1:
+            self.stats.gaps += seq - self._recv_seq - 1
+            self._events.append(ChannelEvent("gap", f"{seq - self._recv_seq - 1} lost"))
+        self._recv_seq = seq
+        self._last_rx = time.monotonic()
+        if kind == "hb":
+            return None
+        try:
+            message = unpackb(body)
+        except CodecError:
+            return self._reject("rejected_malformed", "body does not decode")
+        if not isinstance(message, dict) or "type" not in message:
+            return self._reject("rejected_malformed", "body is not a stage message")
+        self.stats.received += 1
+        self._inbox.append(message)
+        return None
+
+    def _on_hello(self, identity: bytes | None, envelope: bytes, body: bytes, tag: bytes) -> None:
+        if not self.bind:
+            return self._reject("rejected_session", "hello sent to the connecting side")
+        if not self._hmac.verify(self.in_dir, 0, envelope, body, tag):
+            return self._reject("rejected_auth", "bad hello tag")
+        hello = unpackb(body)
+        nonce = hello.get("nonce")
+        if not isinstance(nonce, bytes) or nonce in self._seen_hellos:
+            return self._reject("rejected_replay", "replayed hello")
+        self._seen_hellos.add(nonce)
+        if self._sid is not None:
+            self._lose_peer("peer started a new session")
+        my_nonce = os.urandom(16)
+        sid = hashlib.sha256(nonce + my_nonce).digest()[:16]
+        self._peer_identity = identity
+        reply: dict[str, Any] = {"nonce_c": nonce, "nonce_b": my_nonce, "node": self.node}
+        wc_terms = None
+        if self._wc is not None and "wc" in hello:
+            wc_terms = self._wc.agree(hello["wc"])
+            reply["wc"] = wc_terms
+        self._send_kind("welcome", reply, sid, 0, "hmac")
+        self._start_session(sid, wc_terms)
+
+    def _on_welcome(self, envelope: bytes, body: bytes, tag: bytes, sid: bytes) -> None:
+        if self.bind:
+            return self._reject("rejected_session", "welcome sent to the binding side")
+        if not self._hmac.verify(self.in_dir, 0, envelope, body, tag):
+            return self._reject("rejected_auth", "bad welcome tag")
+        welcome = unpackb(body)
+        nonce_c, nonce_b = welcome.get("nonce_c"), welcome.get("nonce_b")
+        if (
+            self._hello_nonce is None
+            or nonce_c != self._hello_nonce
+            or not isinstance(nonce_b, bytes)
+        ):
+            return self._reject("rejected_replay", "welcome for another hello")
+        if sid != hashlib.sha256(nonce_c + nonce_b).digest()[:16]:
+            return self._reject("rejected_auth", "session id does not match the nonces")
+        self._hello_nonce = None
+        wc_terms = welcome.get("wc") if self._wc is not None else None
+        self._start_session(sid, wc_terms)
+
+    def _start_session(self, sid: bytes, wc_terms: dict[str, Any] | None) -> None:
+        self._sid = sid
+        self._send_seq = self._recv_seq = 0
+        self._last_rx = time.monotonic()
+        self._wc_session = self._wc.session(wc_terms) if (self._wc and wc_terms) else None
+        self.stats.sessions += 1
+        mode = "wegman-carter" if self._wc_session is not None else "hmac"
+        self._events.append(ChannelEvent("connected", mode, {"session": sid.hex()}))
+
+    def close(self) -> None:
+        self._sock.close(0)
