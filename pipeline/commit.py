@@ -1,0 +1,199 @@
+"""Two-phase key-block commit between Bob (initiator) and Alice (responder), sans-I/O.
+
+A final key block is committed on both nodes or on neither (design-notes "Key commit"):
+1. Bob stores the block as ``pending`` under a fresh UUID and sends ``commit_propose``.
+2. Alice, holding the same final key for that pipeline block, stores it ``committed`` and sends
+   ``commit_confirm``; if she no longer holds it (the block was aborted), she remembers the UUID
+   as discarded (a tombstone, so it can never come back) and answers ``refused``.
+3. Bob marks the block ``committed`` on ``committed``, discards it on ``refused``.
+At start-up and after every reconnection each side sends ``commit_query`` for its pending
+blocks; the peer answers each id with its own status, treating an id it does not know as
+discarded from then on. So Bob commits a block only after Alice has, and discards it only after
+Alice has promised never to commit it; a pending block with no answer is never served.
+
+Messages (dicts, ``type`` plus identifiers, never key bytes):
+``{"type": "commit_propose", "block": n, "block_id": uuid, "seq": s, "n_bits": b}``,
+``{"type": "commit_confirm", "block_id": uuid, "status": "committed" | "auth" | "refused"}``,
+``{"type": "commit_query", "block_ids": [...]}``, ``{"type": "commit_status", "status": {id: st}}``.
+
+With Wegman-Carter authentication on, blocks whose ``seq`` is a multiple of ``wc_every_blocks``
+are stored with status ``auth`` (taken out of the key pool for the channel's pads, see
+qnode/wegman_carter.py); the decision depends only on the agreed ``seq``.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from qnode.keystore import KeyStore, KeyStoreError
+
+Message = dict[str, Any]
+COMMIT_TYPES = ("commit_propose", "commit_confirm", "commit_query", "commit_status")
+
+
+def _is_auth_block(seq: int, wc_every_blocks: int) -> bool:
+    return wc_every_blocks > 0 and seq % wc_every_blocks == 0
+
+
+class _Side:
+    def __init__(self, store: KeyStore, peer: str, wc_every_blocks: int = 0) -> None:
+        self.store = store
+        self.peer = peer
+        self.wc_every_blocks = wc_every_blocks
+        self.committed: list[str] = []  # ids committed since start (for telemetry events)
+        self.discarded: list[str] = []
+
+    def recovery_query(self) -> Message | None:
+        """The query for this side's pending blocks (None when there are none)."""
+        pending = [b.block_id for b in self.store.blocks("pending")]
+        return {"type": "commit_query", "block_ids": pending} if pending else None
+
+    def _answer_query(self, msg: Message) -> Message:
+        status: dict[str, str] = {}
+        for block_id in msg.get("block_ids", []):
+            block_id = str(block_id)
+            state = self.store.status(block_id)
+            if state is None:
+                self.store.discard(block_id)  # promise never to commit it
+                state = "discarded"
+            status[block_id] = state
+        return {"type": "commit_status", "status": status}
+
+    def _apply_status(self, msg: Message) -> None:
+        for block_id, peer_state in dict(msg.get("status", {})).items():
+            if self.store.status(block_id) != "pending":
+                continue
+            if peer_state in ("committed", "auth"):
+                self._commit_local(block_id, peer_state)
+            elif peer_state == "discarded":
+                self.store.discard(block_id)
+                self.discarded.append(block_id)
+            # "pending" on both sides cannot happen (Alice never holds pending blocks); leave it.
+
+    def _commit_local(self, block_id: str, peer_state: str) -> None:
+        self.store.commit(block_id)
+        if peer_state == "auth":
+            self.store.reserve_for_channel(block_id)
+        self.committed.append(block_id)
+
+
+class CommitInitiator(_Side):
+    """Bob's side: proposes blocks and completes them on Alice's answer."""
+
+    def propose(self, block: int, key: bytes, meta: dict[str, Any]) -> Message:
+        """Store the block as pending and return the proposal for Alice."""
+        block_id = str(uuid.uuid4())
+        seq = self.store.max_seq() + 1
+        self.store.add_pending(block_id, seq, self.peer, key, meta)
+        return {
+            "type": "commit_propose",
+            "block": int(block),
+            "block_id": block_id,
+            "seq": seq,
+            "n_bits": int(meta.get("n_bits", len(key) * 8)),
+        }
+
+    def handle(self, msg: Message) -> list[Message]:
+        kind = msg.get("type")
+        if kind == "commit_confirm":
+            block_id = str(msg.get("block_id"))
+            if self.store.status(block_id) == "pending":
+                if msg.get("status") in ("committed", "auth"):
+                    self._commit_local(block_id, msg["status"])
+                elif msg.get("status") == "refused":
+                    self.store.discard(block_id)
+                    self.discarded.append(block_id)
+            return []
+        if kind == "commit_query":
+            return [self._answer_query(msg)]
+        if kind == "commit_status":
+            self._apply_status(msg)
+            return []
+        raise ValueError(f"not a commit message: {kind!r}")
+
+
+class CommitResponder(_Side):
+    """Alice's side: commits a proposed block if she holds its final key.
+
+    A proposal for a block this side is still working on (``expect``) waits until the block is
+    offered (its final key is ready) or dropped (aborted); one for any other block is refused.
+    """
+
+    def __init__(self, store: KeyStore, peer: str, wc_every_blocks: int = 0) -> None:
+        super().__init__(store, peer, wc_every_blocks)
+        self._ready: dict[int, tuple[bytes, dict[str, Any]]] = {}
+        self._expected: set[int] = set()
+        self._deferred: dict[int, Message] = {}
+
+    def __repr__(self) -> str:
+        return f"CommitResponder(ready_blocks={sorted(self._ready)})"
+
+    def expect(self, block: int) -> None:
+        """The pipeline started ``block`` on this side."""
+        self._expected.add(int(block))
+
+    def offer(self, block: int, key: bytes, meta: dict[str, Any]) -> list[Message]:
+        """The pipeline finished ``block`` on this side; answer a waiting proposal, if any."""
+        block = int(block)
+        self._expected.discard(block)
+        self._ready[block] = (bytes(key), dict(meta))
+        waiting = self._deferred.pop(block, None)
+        return [self._on_propose(waiting)] if waiting is not None else []
+
+    def drop(self, block: int) -> list[Message]:
+        """The block was aborted on this side: refuse its proposal now or whenever it comes."""
+        block = int(block)
+        self._expected.discard(block)
+        self._ready.pop(block, None)
+        waiting = self._deferred.pop(block, None)
+        return [self._on_propose(waiting)] if waiting is not None else []
+
+    def in_flight(self) -> set[int]:
+        return set(self._expected) | set(self._ready) | set(self._deferred)
+
+    def handle(self, msg: Message) -> list[Message]:
+        kind = msg.get("type")
+        if kind == "commit_propose":
+            block = msg.get("block")
+            if isinstance(block, int) and block in self._expected and block not in self._ready:
+                self._deferred[block] = msg
+                return []
+            return [self._on_propose(msg)]
+        if kind == "commit_query":
+            return [self._answer_query(msg)]
+        if kind == "commit_status":
+            self._apply_status(msg)
+            return []
+        raise ValueError(f"not a commit message: {kind!r}")
+
+    def _on_propose(self, msg: Message) -> Message:
+        block_id, block, seq = str(msg.get("block_id")), msg.get("block"), msg.get("seq")
+        ready = self._ready.pop(block, None) if isinstance(block, int) else None
+        existing = self.store.status(block_id)
+        if existing in ("committed", "auth"):  # a repeated proposal: answer the same
+            return {"type": "commit_confirm", "block_id": block_id, "status": existing}
+        valid = (
+            ready is not None
+            and existing is None
+            and isinstance(seq, int)
+            and seq > self.store.max_seq()
+            and int(msg.get("n_bits", -1)) == int(ready[1].get("n_bits", len(ready[0]) * 8))
+        )
+        if valid:
+            key, meta = ready
+            try:
+                self.store.add_committed(block_id, seq, self.peer, key, meta)
+            except KeyStoreError:
+                valid = False
+        if not valid:
+            if self.store.status(block_id) is None:
+                self.store.discard(block_id)
+            self.discarded.append(block_id)
+            return {"type": "commit_confirm", "block_id": block_id, "status": "refused"}
+        status = "committed"
+        if _is_auth_block(seq, self.wc_every_blocks):
+            self.store.reserve_for_channel(block_id)
+            status = "auth"
+        self.committed.append(block_id)
+        return {"type": "commit_confirm", "block_id": block_id, "status": status}
