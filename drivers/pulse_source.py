@@ -62,7 +62,7 @@ class PulseSource(ScpiInstrument):
         """Set the 64-bit key of the source's symbol generator (set-only, never read back)."""
         if not 0 <= key < 1 << 64:
             raise ValueError("the symbol key is a 64-bit unsigned integer")
-        self.set(f":SOUR:RAND:KEY {key:016X}")
+        self.set(f":SOUR:RAND:KEY #H{key:016X}")
 
     def symbols(self, first: int, count: int) -> np.ndarray:
         """Get the symbol bytes of slots ``first ... first + count - 1`` (uint8 array)."""

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import errno
+import select
 import socket
 import threading
 
@@ -101,10 +102,27 @@ class VisaAdapter(Adapter):
             raise ConnectionResetError("peer closed the connection")
         self._res.write_raw(data)
 
+    def _await_reply(self) -> None:
+        """Wait for the first reply byte ourselves: pyvisa-py treats a closed peer as "no data
+        yet" and spins until its timeout, so a dropped connection would look like a stall."""
+        if self._sock is None or self._session_buffered():
+            return
+        ready, _, _ = select.select([self._sock], [], [], self.timeout_s)
+        if not ready:
+            raise TimeoutError(f"no reply within {self.timeout_s} s")
+        if self._peer_closed():
+            raise ConnectionResetError("peer closed the connection")
+
+    def _session_buffered(self) -> bool:
+        session = self._res.visalib.sessions.get(self._res.session)
+        return bool(getattr(session, "_pending_buffer", b""))
+
     def _read_line(self) -> bytes:
+        self._await_reply()
         return self._res.read_raw()
 
     def _read_exact(self, count: int) -> bytes:
+        self._await_reply()
         res = self._res
         res.set_visa_attribute(constants.VI_ATTR_TERMCHAR_EN, False)
         try:

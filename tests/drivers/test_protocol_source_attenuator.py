@@ -119,7 +119,7 @@ def test_source_controls(prop, cmd, reply, value):
 
 def test_source_output_key_and_slot():
     pairs = [
-        (":SOUR:RAND:KEY 00000000DEADBEEF", None),
+        (":SOUR:RAND:KEY #H00000000DEADBEEF", None),
         OK,
         (":OUTP ON", None),
         OK,

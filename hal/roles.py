@@ -1,0 +1,157 @@
+"""Role implementations over the drivers, and the registry of driver names used in bench files.
+
+Each implementation wraps one driver object. Settings are the driver's declarative properties
+(``drivers.instrument.Control``): a bench ``settings`` key must name one of them, is set through
+the driver (error queue checked) and read back.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from drivers.instrument import Control, Instrument
+from drivers.keysight_8156a import Keysight8156A
+from drivers.pulse_source import PulseSource
+from drivers.spad import SpadDetector
+from drivers.time_tagger import TimeTagger as TimeTaggerDriver
+from hal.interfaces import Attenuator, Detector, Role, TimeTagger, Transmitter
+
+
+class _DriverRole:
+    """Shared plumbing of a role backed by one driver (mixed in before the role interface)."""
+
+    driver_class: type[Instrument]
+
+    def __init__(self, resource: str, name: str | None = None, **driver_kwargs: Any) -> None:
+        self.driver = self.driver_class(resource, name or self.role, **driver_kwargs)  # type: ignore[attr-defined]
+
+    @property
+    def device(self) -> str:
+        return self.driver.name
+
+    def open(self) -> None:
+        self.driver.open()
+
+    def close(self) -> None:
+        self.driver.close()
+
+    def identify(self) -> str:
+        return self.driver.idn
+
+    def read_errors(self) -> list[tuple[int, str]]:
+        return self.driver.errors()
+
+    def apply(self, name: str, value: Any) -> Any:
+        if name not in self.setting_names():
+            raise KeyError(f"{self.device}: unknown setting {name!r}")
+        setattr(self.driver, name, value)
+        return getattr(self.driver, name)
+
+    @classmethod
+    def setting_names(cls) -> set[str]:
+        return {
+            name
+            for klass in cls.driver_class.__mro__
+            for name, attr in vars(klass).items()
+            if isinstance(attr, Control)
+        }
+
+
+class PulseSourceTransmitter(_DriverRole, Transmitter):
+    """Transmitter role on the qnode pulse source (``drivers.pulse_source``)."""
+
+    driver_class = PulseSource
+
+    @property
+    def clock_hz(self) -> float:
+        return self.driver.clock_hz
+
+    @property
+    def emitting(self) -> bool:
+        return self.driver.output
+
+    def set_emitting(self, on: bool) -> None:
+        self.driver.output = on
+
+    def set_symbol_key(self, key: int) -> None:
+        self.driver.set_random_key(key)
+
+    def symbol_bytes(self, slots: np.ndarray) -> np.ndarray:
+        return self.driver.symbols_for_slots(slots)
+
+    def rates(self) -> dict[str, float]:
+        return {"clock_hz": self.driver.clock_hz, "slot": float(self.driver.slot)}
+
+
+class Keysight8156AAttenuator(_DriverRole, Attenuator):
+    """Attenuator role on the Keysight 8156A driver."""
+
+    driver_class = Keysight8156A
+
+    @property
+    def attenuation_db(self) -> float:
+        return self.driver.attenuation_db
+
+    def set_attenuation_db(self, value: float) -> None:
+        self.driver.attenuation_db = value
+
+    def set_shutter(self, open_: bool) -> None:
+        self.driver.shutter_open = open_
+
+    def rates(self) -> dict[str, float]:
+        return {"attenuation_db": self.driver.attenuation_db}
+
+
+class SpadRole(_DriverRole, Detector):
+    """Detector role on the ID120-like SPAD module driver."""
+
+    driver_class = SpadDetector
+
+    @property
+    def count_rate_hz(self) -> float:
+        """Summed over the detectors the module addresses (all four after ``CHANNEL ALL``)."""
+        rate = self.driver.detection_freq_hz
+        return float(sum(rate)) if isinstance(rate, tuple) else float(rate)
+
+    def rates(self) -> dict[str, float]:
+        rate = self.driver.detection_freq_hz
+        per = rate if isinstance(rate, tuple) else (rate,)
+        out = {f"det{i + 1}_hz": float(r) for i, r in enumerate(per)}
+        out["total_hz"] = float(sum(per))
+        return out
+
+
+class QnodeTimeTagger(_DriverRole, TimeTagger):
+    """Time-tagger role on the qnode time tagger driver."""
+
+    driver_class = TimeTaggerDriver
+
+    def start(self) -> None:
+        self.driver.start()
+
+    def stop(self) -> None:
+        self.driver.stop()
+
+    def fetch(self, max_tags: int) -> tuple[np.ndarray, np.ndarray]:
+        return self.driver.fetch_tags(max_tags)
+
+    def count_rate(self, channel: int) -> float:
+        return self.driver.count_rate(channel)
+
+
+# Registered driver names (bench files use these) -> role implementation.
+REGISTRY: dict[str, type[Role]] = {
+    "qnode-pulse-source": PulseSourceTransmitter,
+    "keysight-8156a": Keysight8156AAttenuator,
+    "id120": SpadRole,
+    "qnode-time-tagger": QnodeTimeTagger,
+}
+
+ROLE_OF_FIELD = {
+    "source": Transmitter,
+    "attenuator": Attenuator,
+    "detector": Detector,
+    "timetagger": TimeTagger,
+}
