@@ -91,7 +91,10 @@ class TelemetryConfig(_Section):
     """Where the node publishes (we subscribe) and where the controller publishes alarms/state."""
 
     node_endpoint: str = ""
+    # "connect": publish into the node's telemetry hub (its internal XSUB endpoint);
+    # "bind": a PUB socket of our own at ``publish``.
     publish: str = "tcp://127.0.0.1:0"
+    publish_mode: Literal["bind", "connect"] = "bind"
     peer_lost_s: float = Field(5.0, gt=0)
 
 

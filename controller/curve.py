@@ -25,6 +25,8 @@ DOMAIN_ROLES: dict[str, frozenset[str]] = {
     "telemetry": frozenset({"read", "operator"}),
     "control": frozenset({"read", "operator"}),
     "kme": frozenset({"kme"}),
+    # qnode.bus.Publisher binds without a ZAP domain: it is the telemetry PUB.
+    "": frozenset({"read", "operator"}),
 }
 
 

@@ -1,0 +1,103 @@
+"""CLI: ``qnode controller``, ``qnode pki init``, ``qnode keys zmq``, ``qnode ctl``."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import typer
+
+pki_app = typer.Typer(help="Test PKI for ETSI 014 mutual TLS and CurveZMQ.", no_args_is_help=True)
+keys_app = typer.Typer(help="Key material for the buses.", no_args_is_help=True)
+
+
+def _names(values: list[str] | None) -> list[str]:
+    out: list[str] = []
+    for value in values or []:
+        out.extend(v for v in value.replace(",", " ").split() if v)
+    return out
+
+
+@pki_app.command("init")
+def pki_init(
+    directory: Path = typer.Argument(..., help="Where to write ca.pem, NAME.pem, NAME.key."),
+    kme: list[str] = typer.Option(None, "--kme", help="KME name (repeat or comma-separate)."),
+    sae: list[str] = typer.Option(None, "--sae", help="SAE ID (repeat or comma-separate)."),
+) -> None:
+    """Write a test CA, KME server and SAE client certificates, and CurveZMQ key pairs."""
+    from controller.pki import CURVE_DIR, init_pki
+
+    kmes, saes = _names(kme), _names(sae)
+    if not kmes and not saes:
+        raise typer.BadParameter("give at least one --kme or --sae")
+    try:
+        issued = init_pki(directory, kmes, saes)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    typer.echo(f"CA: {directory / 'ca.pem'} (test CA; its key is {directory / 'ca.key'})")
+    for name, item in issued.items():
+        kind = "KME" if name in kmes else "SAE"
+        typer.echo(f"{kind} {name}: {item.cert} {item.key}")
+    typer.echo(f"CurveZMQ key pairs: {directory / CURVE_DIR}/NAME.key(_secret)")
+
+
+@keys_app.command("zmq")
+def keys_zmq(
+    directory: Path = typer.Argument(..., help="Directory for NAME.key / NAME.key_secret."),
+    names: list[str] = typer.Argument(..., help="Key pair names."),
+) -> None:
+    """Create CurveZMQ key pairs (kept if they already exist)."""
+    from controller.pki import create_curve_keys
+
+    for name, (public, secret) in create_curve_keys(directory, _names(names)).items():
+        typer.echo(f"{name}: {public} {secret}")
+
+
+def register(app: typer.Typer) -> None:
+    """Mount the controller's commands on the ``qnode`` app."""
+    app.add_typer(pki_app, name="pki")
+    app.add_typer(keys_app, name="keys")
+
+    @app.command("controller")
+    def controller(
+        config: Path = typer.Option(..., "--config", help="CONTROLLER.toml"),
+        ready_file: Path = typer.Option(None, "--ready-file", help="Write endpoints as JSON."),
+        verbose: bool = typer.Option(False, "--verbose", "-v"),
+    ) -> None:
+        """Run a node controller: state, ETSI 014 key delivery, control and management."""
+        from controller.config import ConfigError
+        from controller.node_controller import run_controller
+
+        logging.basicConfig(
+            level=logging.DEBUG if verbose else logging.INFO,
+            format="%(asctime)s %(name)s %(levelname)s %(message)s",
+        )
+        try:
+            run_controller(config, ready_file)
+        except ConfigError as exc:
+            typer.echo(str(exc), err=True)
+            raise typer.Exit(2) from None
+
+    @app.command("ctl")
+    def ctl(
+        endpoint: str = typer.Argument(..., help="Controller control endpoint (tcp://...)."),
+        command: str = typer.Argument(..., help="Command name, e.g. state, pause, resume."),
+        args: str = typer.Option("{}", "--args", help="Arguments as a JSON object."),
+        curve_secret: Path = typer.Option(None, "--curve-secret", help="Our NAME.key_secret."),
+        server_key: Path = typer.Option(None, "--server-key", help="Controller's NAME.key."),
+        timeout_ms: int = typer.Option(5000, "--timeout-ms"),
+    ) -> None:
+        """Send one control command to a controller and print the JSON reply."""
+        from controller.control_client import send_command
+
+        try:
+            payload = json.loads(args)
+        except json.JSONDecodeError as exc:
+            raise typer.BadParameter(f"--args is not JSON: {exc}") from None
+        reply = send_command(
+            endpoint, {"cmd": command, **payload}, curve_secret, server_key, timeout_ms
+        )
+        typer.echo(json.dumps(reply, default=str))
+        if not reply.get("ok"):
+            raise typer.Exit(1)
