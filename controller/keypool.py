@@ -55,6 +55,22 @@ CREATE TABLE IF NOT EXISTS kms_delivered (
 """
 
 
+# Guard on the node's table (it changes no data): a block that already served keys can never be
+# moved to the classical channel's one-time-pad reserve (status 'auth'), or pad bits would be
+# key bits. The node's commit step reserves a block right after committing it; this closes the
+# window in which the KMS could have cut a key from it.
+_GUARD = """
+CREATE TRIGGER IF NOT EXISTS kms_guard_no_reuse
+BEFORE UPDATE OF status ON key_blocks
+WHEN NEW.status <> 'committed' AND (
+    EXISTS (SELECT 1 FROM kms_block_use WHERE block_id = OLD.block_id AND used_bytes > 0)
+    OR EXISTS (SELECT 1 FROM kms_delivered WHERE block_id = OLD.block_id))
+BEGIN
+    SELECT RAISE(ABORT, 'key block already serves ETSI 014 keys');
+END
+"""
+
+
 class PoolError(Exception):
     """Base of key-pool errors; ``http_status`` is the ETSI 014 status it maps to."""
 
@@ -153,7 +169,9 @@ class KeyPool:
         self._local = threading.local()
         self._all: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
+        self._guarded = False
         self._conn().executescript(_SCHEMA)
+        self._has_key_blocks(self._conn())
 
     # -- connections -------------------------------------------------------------------------
     def _conn(self) -> sqlite3.Connection:
@@ -175,10 +193,16 @@ class KeyPool:
         self._local = threading.local()
 
     def _has_key_blocks(self, conn: sqlite3.Connection) -> bool:
+        if self._guarded:
+            return True
         row = conn.execute(
             "SELECT 1 FROM sqlite_master WHERE type='table' AND name='key_blocks'"
         ).fetchone()
-        return row is not None
+        if row is None:
+            return False
+        conn.execute(_GUARD)
+        self._guarded = True
+        return True
 
     def _share_blocks(self, conn: sqlite3.Connection, min_free: int) -> list[tuple[str, int, int]]:
         """Committed blocks of our share with at least ``min_free`` unused bytes, in seq order."""
@@ -289,7 +313,8 @@ class KeyPool:
         is missing, delivered already, issued for another master or inconsistent with its
         coordinates, BlockNotReady if its block is not committed here.
         """
-        by_id = {r.key_id: r for r in records if r.key_id in set(key_ids)}
+        wanted = set(key_ids)
+        by_id = {r.key_id: r for r in records if r.key_id in wanted}
         if any(r.slave_sae != requester_sae for r in by_id.values()):
             # ETSI 014 §5.4: the requester was not the slave SAE named when these were issued.
             raise NotAuthorized("keys were not issued for this SAE")

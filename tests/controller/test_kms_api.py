@@ -302,3 +302,42 @@ def test_unknown_path_and_openapi(link, pki):
     assert set(paths["/api/v1/keys/{slave_SAE_ID}/status"]) == {"get"}
     for name in ("Status", "KeyRequest", "KeyContainer", "KeyIDs", "Error"):
         assert name in spec["components"]["schemas"]
+
+
+def test_concurrent_https_clients_never_share_a_key(link, pki):
+    """16 SAE clients on loopback at once; every key ID and every key delivered exactly once."""
+    import threading
+
+    alice_url, bob_url = _urls(link)
+    results: list[tuple[str, bytes]] = []
+    errors: list[str] = []
+    lock = threading.Lock()
+
+    def worker() -> None:
+        with sae_client(pki, "sae-alice") as c:
+            for _ in range(6):
+                r = c.post(f"{alice_url}/api/v1/keys/sae-bob/enc_keys", json={"number": 4})
+                if r.status_code != 200:
+                    with lock:
+                        errors.append(r.text)
+                    return
+                with lock:
+                    results.extend(_check_container(r.json(), 4, 256))
+
+    threads = [threading.Thread(target=worker) for _ in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors[:3]
+    assert len(results) == 16 * 6 * 4
+    assert len({k for k, _ in results}) == len(results), "a key ID was delivered twice"
+    assert len({m for _, m in results}) == len(results), "key material was delivered twice"
+    sample = results[::24]
+    with sae_client(pki, "sae-bob") as b:
+        r = b.post(
+            f"{bob_url}/api/v1/keys/sae-alice/dec_keys",
+            json={"key_IDs": [{"key_ID": k} for k, _ in sample]},
+        )
+    assert r.status_code == 200, r.text
+    assert _check_container(r.json(), len(sample), 256) == sample
