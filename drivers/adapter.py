@@ -17,10 +17,12 @@ payload and is 10-20x slower (shared/reference/instruments.md §5.2).
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 from drivers.errors import (
     InstrumentDisconnected,
@@ -29,6 +31,7 @@ from drivers.errors import (
     InstrumentTimeout,
 )
 
+_NOT_PRINTABLE = re.compile(rb"[^\x20-\x7e\t]")
 _MAX_LOGGED = 200  # characters of a reply shown in the DEBUG log
 
 
@@ -82,6 +85,9 @@ class Adapter(ABC):
     def _read_exact(self, count: int) -> bytes:
         """Exactly ``count`` bytes, terminator detection off."""
 
+    def _apply_timeout(self) -> None:  # noqa: B027 - optional hook, most transports need it
+        """Push ``timeout_s`` to an open transport (subclasses with their own timeout)."""
+
     def _translate(self, exc: BaseException, command: str) -> InstrumentError | None:
         """Map a transport exception to a named one (None: not a transport failure)."""
         if isinstance(exc, TimeoutError):
@@ -124,6 +130,24 @@ class Adapter(ABC):
         except Exception as exc:  # a dead peer may refuse even the close
             self.log.debug("close of %s failed: %r", self.resource, exc)
         self._is_open = False
+
+    @contextmanager
+    def timeout(self, seconds: float) -> Iterator[None]:
+        """Hold the lock with at least ``seconds`` of timeout (slow queries, large blocks)."""
+        with self.lock:
+            old = self.timeout_s
+            if seconds <= old:
+                yield
+                return
+            self.timeout_s = seconds
+            if self._is_open:
+                self._apply_timeout()
+            try:
+                yield
+            finally:
+                self.timeout_s = old
+                if self._is_open:
+                    self._apply_timeout()
 
     def mark_broken(self) -> None:
         """Force a reconnect before the next exchange (the stream is out of step)."""
@@ -189,12 +213,13 @@ class Adapter(ABC):
     def _decode(self, raw: bytes, command: str) -> str:
         if not raw.endswith(b"\n"):
             raise InstrumentProtocolError(self.name, command, f"reply not terminated: {raw[:40]!r}")
-        try:
-            return raw[:-1].decode("ascii").rstrip("\r")
-        except UnicodeDecodeError:
+        body = raw[:-1].rstrip(b"\r")
+        # IEEE 488.2 §8.7: text responses are printable 7-bit ASCII (blocks are read apart).
+        if _NOT_PRINTABLE.search(body):
             raise InstrumentProtocolError(
-                self.name, command, f"reply is not ASCII text: {raw[:40]!r}"
-            ) from None
+                self.name, command, f"reply is not printable ASCII: {raw[:40]!r}"
+            )
+        return body.decode("ascii")
 
     def _logged(self, direction: str, text: str, t0: float) -> None:
         if len(text) > _MAX_LOGGED:

@@ -37,6 +37,8 @@ class TimeTagger(ScpiInstrument):
     """qnode time tagger (``QNODE,TIME-TAGGER``): acquisition control, tag stream, count rates."""
 
     default_name = "timetagger"
+    #: Fetches and rate queries make the emulated world simulate; real taggers buffer a lot.
+    slow_timeout_s = 5.0
 
     acquiring = Measurement(":ACQ:STAT?", "Measure whether tagging is running.", cast=scpi_bool)
     tags_waiting = Measurement(":TAGS:COUN?", "Measure how many tags wait to be fetched.", cast=int)
@@ -58,7 +60,8 @@ class TimeTagger(ScpiInstrument):
     def fetch_tags(self, max_tags: int = 1 << 20) -> tuple[np.ndarray, np.ndarray]:
         """Get the next tags (up to ``max_tags``) in time order: ``(time_ps, channel)`` arrays."""
         command = f":TAGS:FETC? {int(max_tags)}"
-        payload = self.adapter.query_block(command)
+        with self.adapter.timeout(self.slow_timeout_s):
+            payload = self.adapter.query_block(command)
         try:
             time_ps, channel = decode_tags(payload)
         except ValueError as exc:
@@ -72,7 +75,8 @@ class TimeTagger(ScpiInstrument):
 
     def count_rate(self, channel: int) -> float:
         """Measure the counts per second on ``channel`` over the last simulated second."""
-        return self.ask(f":COUN:RATE? {int(channel)}", float)
+        with self.adapter.timeout(self.slow_timeout_s):
+            return self.ask(f":COUN:RATE? {int(channel)}", float)
 
     def input_threshold_v(self, channel: int) -> float:
         """Measure the discriminator threshold of input ``channel`` in volts."""

@@ -66,7 +66,7 @@ class SimConfig(_Strict):
     link: str | None = None
     distance_km: float | None = Field(None, ge=0)
     seed: int | None = None
-    attach: str | None = None  # a file holding the world's `--json` line
+    attach: str | None = None  # control address (tcp://host:port) or a file with its --json line
 
 
 class TimingConfigModel(_Strict):
@@ -188,8 +188,7 @@ class SimWorld:
 
     def start(self) -> dict[str, str]:
         if self.cfg.attach:
-            line = Path(self.cfg.attach).read_text().strip().splitlines()[0]
-            self.instruments = _parse_world_line(line, self.cfg.attach)
+            self.instruments = attach_world(self.cfg.attach)
             return self.instruments
         self.proc = subprocess.Popen(
             self.command(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
@@ -224,14 +223,55 @@ def _readline_timeout(proc: subprocess.Popen, timeout_s: float) -> str:
     return proc.stdout.readline() if ready else ""
 
 
-def _parse_world_line(line: str, where: str) -> dict[str, str]:
+def _parse_world_line(line: str | dict, where: str) -> dict[str, str]:
+    """Resources from the world's ready line; the pty's stable link replaces its current path
+    (a ``drop`` on a pty is an unplug: the slave path changes, the link follows it)."""
     try:
-        instruments = json.loads(line)["instruments"]
+        info = json.loads(line) if isinstance(line, str) else line
+        instruments = dict(info["instruments"])
     except (ValueError, KeyError, TypeError):
         raise BenchError(
-            f"{where}: expected {{'instruments': {{...}}}}, got {line[:200]!r}"
+            f"{where}: expected {{'instruments': {{...}}}}, got {line!r:.200}"
         ) from None
+    instruments.update(info.get("pty_links") or {})
+    for name, res in (info.get("serial_socket") or {}).items():
+        instruments[f"{name}_socket"] = res
+    if info.get("control"):
+        instruments["control"] = info["control"]
     return {str(k): str(v) for k, v in instruments.items()}
+
+
+def world_request(control: str, request: dict, timeout_s: float = 5.0) -> dict:
+    """One JSON request to a running world's control endpoint (ZeroMQ REQ)."""
+    import zmq
+
+    ctx = zmq.Context.instance()
+    sock = ctx.socket(zmq.REQ)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.RCVTIMEO, int(timeout_s * 1000))
+    sock.setsockopt(zmq.SNDTIMEO, int(timeout_s * 1000))
+    try:
+        sock.connect(control)
+        sock.send(json.dumps(request).encode())
+        reply = json.loads(sock.recv())
+    except zmq.Again:
+        raise BenchError(f"simulated world at {control}: no answer within {timeout_s} s") from None
+    finally:
+        sock.close(0)
+    if not reply.get("ok"):
+        raise BenchError(f"simulated world at {control}: {reply.get('error')}")
+    return reply
+
+
+def attach_world(address: str) -> dict[str, str]:
+    """Resources of a running world: its control address, or a file holding its ready line."""
+    if "://" in address:
+        return _parse_world_line(world_request(address, {"op": "resources"}), address)
+    try:
+        line = Path(address).read_text().strip().splitlines()[0]
+    except (OSError, IndexError):
+        raise BenchError(f"sim.attach: cannot read a ready line from {address!r}") from None
+    return _parse_world_line(line, address)
 
 
 class Bench:

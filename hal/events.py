@@ -160,7 +160,6 @@ class EventBuilder:
             slot, ch = slot[order], ch[order]
         starts = np.flatnonzero(np.concatenate(([True], slot[1:] != slot[:-1])))
         mask = np.bitwise_or.reduceat((1 << (ch.astype(np.uint8) - 1)).astype(np.uint8), starts)
-        n = len(starts)
         z = mask & 0b0011
         x = (mask >> 2) & 0b0011
         both = (z != 0) & (x != 0)

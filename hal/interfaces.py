@@ -36,6 +36,10 @@ class Role(ABC):
         """Read and clear the instrument's error queue."""
 
     @abstractmethod
+    def clear_errors(self) -> None:
+        """Clear the error queue and status (``*CLS`` where the instrument has it)."""
+
+    @abstractmethod
     def apply(self, name: str, value: Any) -> Any:
         """Set one setting, check the error queue, and return the value read back."""
 

@@ -43,6 +43,13 @@ class _DriverRole:
     def read_errors(self) -> list[tuple[int, str]]:
         return self.driver.errors()
 
+    def clear_errors(self) -> None:
+        clear = getattr(self.driver, "clear_status", None)
+        if clear is not None:
+            clear()
+        else:
+            self.driver.errors()
+
     def apply(self, name: str, value: Any) -> Any:
         if name not in self.setting_names():
             raise KeyError(f"{self.device}: unknown setting {name!r}")

@@ -1,0 +1,309 @@
+"""The acquisition process of a node: instruments (through the HAL) -> ZeroMQ -> post-processing.
+
+Bob: fetch time tags, turn them into detection events (``hal.events``), cut them into frames and
+PUSH each frame as ``[header, slot, basis, bit, detector, double]``: a msgpack header plus the raw
+numpy buffers, sent without copying. The PUSH socket's high-water mark bounds the frames in
+flight; when post-processing falls behind, ``send`` blocks, acquisition stops fetching, and the
+simulated tagger's time stops with it (real hardware would overflow its buffer and report it).
+
+Alice: PULL symbol requests (``[header, slot int64 buffer]``: the slots Bob detected in a frame)
+from post-processing and PUSH the answers ``[header, symbol bytes]`` (contracts §1.1), read from
+the transmitter for exactly those slots.
+
+Both publish instrument telemetry (detections/s per detector, instrument state and faults) on
+the node's telemetry hub, and answer commands (pause, resume, settings) on a REP socket.
+An instrument fault is reported, the affected frames are dropped (Bob restarts framing, so a frame
+with missing tags is never announced and Alice never sees it), and acquisition carries on once
+the driver has reconnected.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import secrets
+import sys
+import time
+from typing import Any
+
+import numpy as np
+import zmq
+
+from hal.bench import Bench
+from hal.events import EventBuilder, FrameAssembler, TimingConfig
+from qnode.bus import Publisher, topic
+from qnode.codec import CodecError, packb, unpackb
+from qnode.config import NodeConfig, load_config
+
+log = logging.getLogger("qnode.acquisition")
+
+EVENT_FIELDS = ("slot", "basis", "bit", "detector", "double")
+FETCH_TAGS = 1 << 20
+
+
+def endpoints(cfg: NodeConfig) -> dict[str, str]:
+    """The node-internal endpoints joining acquisition and post-processing (ipc, per node)."""
+    base = cfg.keystore.path.with_suffix("")
+    return {
+        "frames": f"ipc://{base}.frames.ipc",  # Bob: acquisition PUSH -> post-processing PULL
+        "requests": f"ipc://{base}.requests.ipc",  # Alice: post-processing PUSH -> acquisition
+        "symbols": f"ipc://{base}.symbols.ipc",  # Alice: acquisition PUSH -> post-processing
+        "acq_cmd": f"ipc://{base}.acq-cmd.ipc",
+        "pp_cmd": f"ipc://{base}.pp-cmd.ipc",
+    }
+
+
+def encode_frame(index: int, frame_slots: int, events: Any, dropped: int) -> list[Any]:
+    """Frames of one PUSH message: header + one raw buffer per event field."""
+    header = {
+        "frame": int(index),
+        "frame_slots": int(frame_slots),
+        "n": len(events.slot),
+        "dropped_outside_gate": int(dropped),
+        "t_ns": time.time_ns(),
+    }
+    arrays = [np.ascontiguousarray(getattr(events, name)) for name in EVENT_FIELDS]
+    header["dtypes"] = [a.dtype.str for a in arrays]
+    return [packb(header), *arrays]
+
+
+def decode_frame(parts: list[Any]) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """Inverse of :func:`encode_frame`; raise ValueError on anything malformed."""
+    if len(parts) != 1 + len(EVENT_FIELDS):
+        raise ValueError(f"event frame has {len(parts)} parts")
+    try:
+        header = unpackb(bytes(parts[0]))
+    except CodecError as exc:
+        raise ValueError(str(exc)) from exc
+    n = int(header["n"])
+    out = {}
+    for name, dtype, buf in zip(EVENT_FIELDS, header["dtypes"], parts[1:], strict=True):
+        arr = np.frombuffer(buf, dtype=np.dtype(dtype))
+        if arr.size != n:
+            raise ValueError(f"field {name}: {arr.size} values, header says {n}")
+        out[name] = arr
+    return header, out
+
+
+class Acquisition:
+    """One node's acquisition loop (role from the node config)."""
+
+    def __init__(self, cfg: NodeConfig, hub: str) -> None:
+        self.cfg = cfg
+        self.ctx = zmq.Context.instance()
+        self.eps = endpoints(cfg)
+        self.pub = Publisher(hub, cfg.node, "acquisition", context=self.ctx)
+        self.cmd = self.ctx.socket(zmq.REP)
+        self.cmd.linger = 0
+        self.cmd.bind(self.eps["acq_cmd"])
+        self.paused = False
+        self.running = True
+        self.bench = Bench.load(cfg.bench)
+        self.faults = 0
+        self.frames_out = 0
+        self.detections = np.zeros(5, np.int64)
+        self._last_tel = time.monotonic()
+        self._last_counts = self.detections.copy()
+
+    # -- telemetry -----------------------------------------------------------------------------
+    def _instrument(self, role: str, state: str, fault: str | None = None) -> None:
+        self.pub.publish(
+            topic("con", "resource", self.cfg.node, f"instrument/{role}"),
+            {"instrument": role, "state": state, "fault": fault, "faults": self.faults},
+        )
+
+    def _telemetry(self, force: bool = False) -> None:
+        now = time.monotonic()
+        dt = now - self._last_tel
+        if dt < self.cfg.telemetry.interval_s and not force:
+            return
+        rates = (self.detections - self._last_counts) / max(dt, 1e-9)
+        payload: dict[str, Any] = {
+            "frames": self.frames_out,
+            "paused": self.paused,
+            "faults": self.faults,
+        }
+        if self.cfg.role == "bob":
+            payload.update({f"det{ch}_per_s": float(rates[ch]) for ch in range(1, 5)})
+            payload["detections_per_s"] = float(rates[1:].sum())
+        self.pub.publish(topic("qfs", "telemetry", self.cfg.node, "acquisition"), payload)
+        self._last_tel, self._last_counts = now, self.detections.copy()
+
+    # -- commands ------------------------------------------------------------------------------
+    def _commands(self) -> None:
+        while self.cmd.poll(0):
+            try:
+                msg = unpackb(self.cmd.recv())
+                reply = {"ok": True, "result": self._apply(msg.get("cmd"), msg.get("args", {}))}
+            except Exception as exc:  # a bad command gets an error reply, never a crash
+                reply = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+            self.cmd.send(packb(reply))
+
+    def _apply(self, cmd: str, args: dict[str, Any]) -> Any:
+        if cmd == "pause":
+            self.paused = True
+        elif cmd == "resume" or cmd == "start":
+            self.paused = False
+        elif cmd == "stop":
+            self.running = False
+        elif cmd == "set_attenuation":
+            self.bench.attenuator.set_attenuation_db(float(args["db"]))
+            return {"attenuation_db": self.bench.attenuator.attenuation_db}
+        elif cmd == "set_intensities":
+            settings = {f"mu_{k}": float(v) for k, v in args.items()}
+            return {k: v[1] for k, v in self.bench.transmitter.apply_all(settings).items()}
+        elif cmd == "set_probabilities":
+            settings = {
+                ("p_basis_z" if k == "basis_z" else f"p_{k}"): float(v) for k, v in args.items()
+            }
+            return {k: v[1] for k, v in self.bench.transmitter.apply_all(settings).items()}
+        elif cmd == "state":
+            return {"paused": self.paused, "frames": self.frames_out, "faults": self.faults}
+        else:
+            raise ValueError(f"unknown command {cmd!r}")
+        return {"paused": self.paused}
+
+    # -- main loops ----------------------------------------------------------------------------
+    def run(self) -> None:
+        self.bench.open()
+        try:
+            if self.cfg.role == "bob":
+                self._run_bob()
+            else:
+                self._run_alice()
+        finally:
+            self.bench.close()
+            self.pub.close()
+
+    def _timing(self) -> TimingConfig:
+        tcfg = self.bench.config.timing
+        clock = self.bench.config.clock_hz
+        return TimingConfig(
+            period_ps=1e12 / clock,
+            delay_ps=tcfg.delay_ps,
+            gate_ps=tcfg.gate_ps,
+            sync_period_slots=tcfg.sync_period_slots,
+            sync_delay_ps=tcfg.sync_delay_ps,
+            frame_slots=self.cfg.pipeline.frame_slots,
+        )
+
+    def _run_bob(self) -> None:
+        from drivers.errors import InstrumentError
+
+        out = self.ctx.socket(zmq.PUSH)
+        out.sndhwm = self.cfg.pipeline.queue_frames
+        out.linger = 0
+        out.bind(self.eps["frames"])
+        tagger = self.bench.tagger
+        timing = self._timing()
+        builder = EventBuilder(timing)
+        assembler = FrameAssembler(timing.frame_slots)
+        tagger.start()
+        self._instrument("timetagger", "running")
+        while self.running:
+            self._commands()
+            self._telemetry()
+            if self.paused:
+                time.sleep(0.05)
+                continue
+            try:
+                time_ps, channel = tagger.fetch(FETCH_TAGS)
+            except InstrumentError as exc:
+                self.faults += 1
+                self._instrument("timetagger", "fault", f"{type(exc).__name__}: {exc}")
+                # Frames that overlap the fault may miss tags: never announce them.
+                builder = EventBuilder(timing)
+                assembler = FrameAssembler(timing.frame_slots)
+                time.sleep(0.2)
+                try:
+                    tagger.start()
+                    self._instrument("timetagger", "running")
+                except InstrumentError:
+                    pass
+                continue
+            if len(time_ps) == 0:
+                time.sleep(0.01)
+                continue
+            np.add.at(self.detections, np.minimum(channel, 4), 1)
+            gate_before = builder.dropped_outside_gate
+            events = builder.convert(time_ps, channel)
+            # Slot of the latest tag, less a guard for jitter: frames before it are complete.
+            horizon = int((int(time_ps[-1]) - timing.delay_ps) // timing.period_ps) - 4
+            for frame in assembler.add(events, horizon, builder.dropped_outside_gate - gate_before):
+                if len(frame.events) == 0:
+                    continue
+                parts = encode_frame(
+                    frame.index, frame.frame_slots, frame.events, frame.dropped_outside_gate
+                )
+                while self.running:  # block here when post-processing is behind (back-pressure)
+                    if out.poll(200, zmq.POLLOUT):
+                        out.send_multipart(parts, copy=False)
+                        self.frames_out += 1
+                        break
+                    self._commands()
+                    self._telemetry()
+        tagger.stop()
+
+    def _run_alice(self) -> None:
+        from drivers.errors import InstrumentError
+
+        requests = self.ctx.socket(zmq.PULL)
+        requests.rcvhwm = self.cfg.pipeline.queue_frames
+        requests.connect(self.eps["requests"])
+        out = self.ctx.socket(zmq.PUSH)
+        out.sndhwm = self.cfg.pipeline.queue_frames
+        out.linger = 0
+        out.connect(self.eps["symbols"])
+        tx = self.bench.transmitter
+        # The source's symbol generator key: secret, fresh per run (simulation only; a real
+        # transmitter draws from a physical random source and reports its choices).
+        tx.set_symbol_key(secrets.randbits(64))
+        if not tx.emitting:
+            tx.set_emitting(True)
+        self._instrument("source", "running")
+        faulted = False
+        while self.running:
+            self._commands()
+            self._telemetry()
+            if not requests.poll(100):
+                continue
+            parts = requests.recv_multipart(copy=False)
+            try:
+                header = unpackb(bytes(parts[0]))
+                slots = np.frombuffer(parts[1], dtype="<i8")
+            except (CodecError, IndexError, ValueError):
+                continue
+            try:
+                symbols = tx.symbol_bytes(slots)
+                ok = True
+            except InstrumentError as exc:
+                self.faults += 1
+                self._instrument("source", "fault", f"{type(exc).__name__}: {exc}")
+                symbols, ok = np.empty(0, np.uint8), False
+            reply = {"frame": header.get("frame"), "ok": ok, "n": int(len(symbols))}
+            out.send_multipart([packb(reply), np.ascontiguousarray(symbols, np.uint8)], copy=False)
+            self.frames_out += 1
+            if ok and faulted:
+                self._instrument("source", "running")
+            faulted = not ok
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description="qnode acquisition process (started by qnode node)"
+    )
+    parser.add_argument("--config", required=True)
+    parser.add_argument("--hub", required=True, help="the node's internal telemetry endpoint")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s acquisition %(message)s")
+    cfg = load_config(args.config)
+    acq = Acquisition(cfg, args.hub)
+    import signal
+
+    signal.signal(signal.SIGTERM, lambda *_: setattr(acq, "running", False))
+    acq.run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,192 @@
+"""Technician commands: ``qnode instruments list|identify|query`` and ``qnode bench check``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from drivers.errors import InstrumentError
+
+instruments_app = typer.Typer(help="Find, identify and talk to instruments (real or simulated).")
+bench_app = typer.Typer(help="Bench files: check a bench end to end.")
+
+SIM_ENV = "QNODE_SIM_CONTROL"
+
+
+def _fail(message: str, code: int = 1) -> None:
+    Console(stderr=True).print(f"[red]error:[/red] {message}")
+    raise typer.Exit(code)
+
+
+@instruments_app.command("list")
+def list_instruments(
+    sim: str = typer.Option(
+        None, "--sim", envvar=SIM_ENV, help="Control address of a running simulated world."
+    ),
+) -> None:
+    """List the VISA resources pyvisa-py finds, and a running simulated world's instruments."""
+    from drivers.transports import resource_manager
+
+    table = Table(title="instruments")
+    table.add_column("source")
+    table.add_column("name")
+    table.add_column("resource")
+    try:
+        found = resource_manager().list_resources("?*")
+    except Exception as exc:  # discovery is best effort: report, go on with the world
+        found = ()
+        table.add_row("pyvisa-py", "", f"listing failed: {exc!r}")
+    for res in found:
+        table.add_row("pyvisa-py", "", res)
+    if sim:
+        from hal.bench import BenchError, attach_world
+
+        try:
+            for name, res in attach_world(sim).items():
+                table.add_row(f"sim {sim}", name, res)
+        except BenchError as exc:
+            _fail(str(exc))
+    Console().print(table)
+
+
+def _adapter(resource: str, timeout_s: float):
+    from drivers.transports import make_adapter
+
+    return make_adapter(resource, "cli", timeout_s=timeout_s)
+
+
+@instruments_app.command("identify")
+def identify(
+    resource: str,
+    timeout_s: float = typer.Option(2.0, "--timeout", help="Seconds to wait for the answer."),
+) -> None:
+    """Ask one instrument who it is (``*IDN?``)."""
+    adapter = _adapter(resource, timeout_s)
+    try:
+        typer.echo(adapter.query("*IDN?"))
+    except InstrumentError as exc:
+        _fail(str(exc))
+    finally:
+        adapter.close()
+
+
+@instruments_app.command("query")
+def query(
+    resource: str,
+    command: str,
+    block: bool = typer.Option(False, "--block", help="The reply is a binary block."),
+    timeout_s: float = typer.Option(2.0, "--timeout", help="Seconds to wait for the answer."),
+) -> None:
+    """Send one command; print its reply (queries) or the error-queue entry (SCPI sets)."""
+    from drivers.transports import is_visa_resource
+
+    adapter = _adapter(resource, timeout_s)
+    serial_like = not resource.upper().startswith("TCPIP") or not is_visa_resource(resource)
+    try:
+        if block:
+            payload = adapter.query_block(command)
+            typer.echo(f"block of {len(payload)} bytes: {payload[:32].hex(' ')}")
+        elif "?" in command or serial_like:  # the serial module answers every command
+            typer.echo(adapter.query(command))
+        else:
+            adapter.write(command)
+            entry = adapter.query("SYST:ERR?")
+            typer.echo(entry)
+            if not entry.lstrip("+").startswith("0"):
+                raise typer.Exit(1)
+    except InstrumentError as exc:
+        _fail(str(exc))
+    finally:
+        adapter.close()
+
+
+@bench_app.command("check")
+def check(
+    bench_file: str = typer.Argument(..., help="Bench TOML file (or a bundled bench's name)."),
+) -> None:
+    """Identify each role, clear and read its errors, set and read back settings, count rates."""
+    from hal.bench import Bench, BenchError
+
+    try:
+        bench = Bench.load(bench_file)
+        bench.build()
+    except BenchError as exc:
+        _fail(str(exc))
+    try:
+        rows, failed = run_checks(bench)
+    finally:
+        bench.close()
+    table = Table(title=f"bench check {bench_file}")
+    for col in ("role", "device", "check", "value", "result"):
+        table.add_column(col)
+    for row in rows:
+        style = "green" if row[-1] == "ok" else "red"
+        table.add_row(*row[:-1], f"[{style}]{row[-1]}[/{style}]")
+    Console(width=max(120, Console().width)).print(table)
+    if failed:
+        for role, device, what, value, _ in rows:
+            if _ != "ok":
+                Console(stderr=True).print(f"FAILED {role} ({device}) {what}: {value}")
+        raise typer.Exit(1)
+
+
+def run_checks(bench: Any) -> tuple[list[tuple[str, ...]], int]:
+    """Run the bench checks; return table rows ``(role, device, check, value, result)``."""
+    from hal.bench import same_value
+
+    rows: list[tuple[str, ...]] = []
+    failed = 0
+
+    def step(field: str, device: str, what: str, fn) -> Any:
+        nonlocal failed
+        try:
+            value, ok = fn()
+        except InstrumentError as exc:
+            rows.append((field, device, what, str(exc), "FAIL"))
+            failed += 1
+            return None
+        rows.append((field, device, what, _show(value), "ok" if ok else "FAIL"))
+        failed += 0 if ok else 1
+        return value
+
+    for field, role in bench.roles.items():
+        device = role.device
+        if step(field, device, "identify", lambda r=role: (r.identify(), True)) is None:
+            continue  # nothing else will answer either
+        step(field, device, "errors (cleared)", lambda r=role: (r.read_errors() or "none", True))
+        step(field, device, "errors after clear", lambda r=role: _empty_queue(r))
+        settings = getattr(bench.config, field).settings
+        for name, wanted in settings.items():
+
+            def one(r=role, n=name, w=wanted):
+                got = r.apply(n, w)
+                return f"{w!r} -> {_show(got)}", same_value(w, got)
+
+            step(field, device, f"set {name}", one)
+        step(field, device, "rates", lambda r=role: (r.rates(), True))
+    return rows, failed
+
+
+def _empty_queue(role: Any) -> tuple[Any, bool]:
+    role.clear_errors()
+    left = role.read_errors()
+    return (left or "empty"), not left
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={_show(v)}" for k, v in value.items())
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    if isinstance(value, tuple | list):
+        return ",".join(_show(v) for v in value)
+    return str(value)
+
+
+def register(app: typer.Typer) -> None:
+    """Mount ``qnode instruments`` and ``qnode bench``."""
+    app.add_typer(instruments_app, name="instruments")
+    app.add_typer(bench_app, name="bench")
