@@ -1,0 +1,217 @@
+"""Emulated time tagger (contracts §2.4, records §1.2), SCPI over TCP.
+
+Tags are made on demand: ``TAGS:FETCh? <max>`` asks the shared world to simulate further chunks
+of slots until ``max`` tags wait or a per-fetch budget is spent, so simulated time advances as
+tags are fetched (with ``realtime`` the world never runs ahead of wall clock x clock rate).
+Channel 0 is the sync input (one tag every ``SYNC:PERiod`` slots), channels 1-4 the detectors.
+
+Ordering: a tag's time includes jitter and the per-input delay, so the tags of one chunk can
+land after those of the next. Tags later than a horizon (chunk end + smallest delay - a guard of
+20 jitter sigmas) are held back and merged with the next chunk; fetched tags are in time order.
+Records are ``uint64 = (time_ps << 8) | channel`` packed with numpy and sent in one write.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from sim_hw.scpi import CommandTree, ScpiDevice, ScpiError, definite_block
+from sim_hw.scpi_params import PICOSECOND, VOLT, Integer, Number
+
+if TYPE_CHECKING:
+    from sim_hw.world import World
+
+N_INPUTS = 5  # 0 = sync, 1-4 = detectors Z0, Z1, X0, X1
+MAX_FETCH = 1 << 24  # tags per fetch: 128 MiB of records
+FETCH_BUDGET_S = 0.25  # wall time one fetch may spend simulating before it answers
+PULSE_HEIGHT_V = 1.0  # the detectors' output pulses; a threshold above it sees nothing
+RATE_WINDOW_S = 1.0
+
+THRESHOLD = Number(-2.5, 2.5, 0.5, VOLT)
+DELAY = Number(-1e6, 1e9, 0.0, PICOSECOND)
+SYNC_PERIOD = Integer(1, 1 << 40, 1 << 20)
+
+
+class RateMeter:
+    """Counts per input over the last second of simulated time (chunk granularity)."""
+
+    def __init__(self) -> None:
+        self._chunks: deque[tuple[float, np.ndarray]] = deque()
+        self._covered_s = 0.0
+
+    def record(self, duration_s: float, counts: np.ndarray) -> None:
+        self._chunks.append((duration_s, counts))
+        self._covered_s += duration_s
+        while self._chunks and self._covered_s - self._chunks[0][0] >= RATE_WINDOW_S:
+            self._covered_s -= self._chunks.popleft()[0]
+
+    @property
+    def covered_s(self) -> float:
+        return self._covered_s
+
+    def rate(self, channel: int) -> float:
+        if self._covered_s <= 0:
+            return 0.0
+        return sum(int(c[channel]) for _, c in self._chunks) / self._covered_s
+
+    def clear(self) -> None:
+        self._chunks.clear()
+        self._covered_s = 0.0
+
+
+class TimeTagger(ScpiDevice):
+    """Five inputs, a tag buffer and count rates, fed by the world's simulation."""
+
+    idn = "QNODE,TIME-TAGGER,SIM0001,1.0"
+
+    def __init__(self, world: World) -> None:
+        self._world = world
+        self.acquiring = False
+        self.threshold_v = [0.5] * N_INPUTS
+        self.delay_ps = [0.0] * N_INPUTS
+        self.sync_period_slots = 1 << 20
+        self.meter = RateMeter()
+        self._pending: deque[np.ndarray] = deque()
+        self._n_pending = 0
+        self._held = np.empty(0, np.uint64)
+        super().__init__("timetagger")
+
+    def reset(self) -> None:
+        self.acquiring = False
+        self.threshold_v = [0.5] * N_INPUTS
+        self.delay_ps = [0.0] * N_INPUTS
+        self.sync_period_slots = 1 << 20
+        self.new_run()
+
+    def new_run(self) -> None:
+        """The source started a new run (slot 0): drop buffered tags and rate history."""
+        self._pending.clear()
+        self._n_pending = 0
+        self._held = np.empty(0, np.uint64)
+        self.meter.clear()
+
+    def build(self, tree: CommandTree) -> None:
+        tree.add(":ACQuire:STARt", self._start)
+        tree.add(":ACQuire:STOP", self._stop)
+        tree.add(":ACQuire:STATe?", lambda: self.acquiring)
+        tree.add(":TAGS:FETCh?", self._fetch, [Integer(0, MAX_FETCH)])
+        tree.add(":TAGS:COUNt?", self._count)
+        tree.add(":COUNter:RATE?", self._rate, [Integer(0, N_INPUTS - 1)])
+        tree.setting(":INPut<n>:THReshold", THRESHOLD, self._input_get(self.threshold_v),
+                     self._input_set(self.threshold_v))  # fmt: skip
+        tree.setting(":INPut<n>:DELay", DELAY, self._input_get(self.delay_ps),
+                     self._input_set(self.delay_ps))  # fmt: skip
+        tree.setting(":SYNC:PERiod", SYNC_PERIOD, lambda: self.sync_period_slots,
+                     lambda v: setattr(self, "sync_period_slots", v))  # fmt: skip
+
+    def _input_get(self, values: list[float]):
+        def get(n: int) -> float:
+            return values[_input(n)]
+
+        return get
+
+    def _input_set(self, values: list[float]):
+        def set_(n: int, value: float) -> None:
+            values[_input(n)] = value
+            self.meter.clear()  # rates restart with the new input setting
+
+        return set_
+
+    # --- acquisition -----------------------------------------------------------------------
+    def _start(self) -> None:
+        self._pending.clear()
+        self._n_pending = 0
+        self._held = np.empty(0, np.uint64)
+        self.acquiring = True
+
+    def _stop(self) -> None:
+        self.acquiring = False
+
+    def _count(self) -> int:
+        if self.acquiring and self._world.realtime:
+            self._generate_until(None, time.monotonic() + FETCH_BUDGET_S)
+        return self._n_pending
+
+    def _fetch(self, max_tags: int) -> bytes:
+        if self.acquiring:
+            self._generate_until(max_tags, time.monotonic() + FETCH_BUDGET_S)
+        return definite_block(self.take(max_tags).view(np.uint8))
+
+    def take(self, max_tags: int) -> np.ndarray:
+        """Remove and return up to ``max_tags`` waiting records, oldest first."""
+        parts = []
+        need = max_tags
+        while need > 0 and self._pending:
+            head = self._pending[0]
+            if head.size <= need:
+                parts.append(self._pending.popleft())
+                need -= head.size
+            else:
+                parts.append(head[:need])
+                self._pending[0] = head[need:]
+                need = 0
+        out = parts[0] if len(parts) == 1 else np.concatenate(parts or [np.empty(0, np.uint64)])
+        self._n_pending -= out.size
+        return out
+
+    def _generate_until(self, max_tags: int | None, deadline: float) -> None:
+        """Simulate chunks until ``max_tags`` wait, the world can go no further, or time is up."""
+        while max_tags is None or self._n_pending < max_tags:
+            if not self._world.advance_chunk():
+                break
+            if time.monotonic() > deadline:
+                break
+
+    def _rate(self, channel: int) -> float:
+        # The counters run whether or not anyone streams the tags, so filling the window
+        # advances the world (and, while acquiring, buffers the tags of that window).
+        self._world.fill_meter(self.meter)
+        return self.meter.rate(channel)
+
+    # --- the world calls this with each simulated chunk ------------------------------------
+    def ingest(
+        self,
+        first_slot: int,
+        n_slots: int,
+        period_ps: float,
+        channel: np.ndarray,
+        time_ps: np.ndarray,
+        jitter_ps: float,
+        base_delay_ps: float,
+    ) -> None:
+        """Turn one chunk's detections into tags: add sync, apply inputs, order, buffer, count."""
+        sync_first = -(-first_slot // self.sync_period_slots) * self.sync_period_slots
+        sync_slots = np.arange(sync_first, first_slot + n_slots, self.sync_period_slots)
+        chans = np.concatenate([np.zeros(sync_slots.size, np.uint8), channel.astype(np.uint8)])
+        sync_ps = np.rint(sync_slots * period_ps).astype(np.int64)
+        times = np.concatenate([sync_ps, time_ps.astype(np.int64)])
+        times += np.rint(np.asarray(self.delay_ps)).astype(np.int64)[chans]
+        seen = np.array([0 < th < PULSE_HEIGHT_V for th in self.threshold_v])
+        keep = seen[chans] & (times >= 0)
+        raw = (times[keep].astype(np.uint64) << np.uint64(8)) | chans[keep].astype(np.uint64)
+        counts = np.bincount(chans[keep], minlength=N_INPUTS)
+        self.meter.record(n_slots * period_ps * 1e-12, counts)
+        if not self.acquiring:
+            return
+        raw = np.sort(np.concatenate([self._held, raw]) if self._held.size else raw)
+        horizon_ps = (
+            (first_slot + n_slots) * period_ps
+            + min(base_delay_ps + min(self.delay_ps[1:]), self.delay_ps[0])
+            - 20 * jitter_ps
+            - period_ps
+        )
+        cut = int(np.searchsorted(raw, np.uint64(max(0, int(horizon_ps))) << np.uint64(8)))
+        self._held = raw[cut:]
+        if cut:
+            self._pending.append(raw[:cut])
+            self._n_pending += cut
+
+
+def _input(n: int) -> int:
+    if not 0 <= n < N_INPUTS:
+        raise ScpiError(-113, f"input {n}: inputs are 0 (sync) to {N_INPUTS - 1}")
+    return n

@@ -1,0 +1,332 @@
+"""One simulated world per link: the physics state that all emulated instruments share.
+
+The world owns the link parameters (``qnode.linkmodel``), the photon simulation
+(``sim_hw.physics.LinkSimulator``) and the four instruments. Each instrument keeps its own
+settings and tells the world when they change; the world folds them into the parameters it
+simulates with (design-notes "One simulated world per link"):
+- source: clock, intensities, class and basis probabilities, key, output (light on/off);
+- attenuator: attenuation + offset add to ``fibre.extra_loss_db``; a closed shutter is dark;
+- detector module: per-detector efficiency, dead time; a disarmed detector (bias 0, threshold
+  too high, regulation off or not locked) gives no clicks.
+Simulated time advances only when the tagger asks for tags (chunks of slots); with ``realtime``
+it never passes wall clock x clock rate since the run began. ``current_slot`` is the next slot to
+be simulated; switching the source on starts a new run at slot 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import shutil
+import tempfile
+import time
+
+import numpy as np
+import zmq
+import zmq.asyncio
+
+from qnode.linkmodel import LinkConfigError, LinkParams
+from sim_hw.attenuator import Attenuator
+from sim_hw.detector import DetectorModule
+from sim_hw.faults import FaultError
+from sim_hw.physics import LinkSimulator
+from sim_hw.source import PulseSource
+from sim_hw.timetagger import RATE_WINDOW_S, RateMeter, TimeTagger
+from sim_hw.transport import PtyEndpoint, TcpEndpoint
+
+log = logging.getLogger(__name__)
+
+MIN_CHUNK_SLOTS = 1 << 16
+MAX_CHUNK_SLOTS = 1 << 28
+TARGET_CHUNK_TAGS = 1 << 19
+MAX_EXTRA_LOSS_DB = 300.0
+MIN_RATE_WINDOW_S = 0.01
+RATE_BUDGET_S = 0.3
+
+
+class World:
+    """The shared physics state of one link and its four instruments."""
+
+    def __init__(self, params: LinkParams, seed: int = 1, realtime: bool = False) -> None:
+        self.base = params
+        self.seed = int(seed)
+        self.realtime = realtime
+        self.current_slot = 0
+        self.detector_meter = RateMeter()  # clicks per detector, before the tagger's inputs
+        self._dirty = True
+        self._chunk_slots = 1 << 20
+        self._run_wall_start = time.monotonic()
+        self._sim: LinkSimulator | None = None
+        self.timetagger = TimeTagger(self)
+        self.source = PulseSource(self, params.source)
+        self.attenuator = Attenuator(self)
+        self.detector = DetectorModule(self, params.receiver)
+        self.instruments = {
+            "source": self.source,
+            "attenuator": self.attenuator,
+            "detector": self.detector,
+            "timetagger": self.timetagger,
+        }
+
+    def warm_up(self) -> None:
+        """Compile (or load from cache) the numba kernels before anyone waits on a reply."""
+        from sim_hw import symbols
+
+        probe = LinkSimulator(self.effective_params(), 0, self.seed)
+        probe.simulate(0, 1 << 17)
+        symbols.symbols_range(0, 0, 16, 0.5, 0.8, 0.1)
+        symbols.symbols_for_slots(0, np.arange(16), 0.5, 0.8, 0.1)
+
+    # --- instruments tell the world -------------------------------------------------------
+    def settings_changed(self) -> None:
+        """A setting changed: simulate with it from the next chunk; rates restart from now."""
+        self._dirty = True
+        self.detector_meter.clear()
+        self.timetagger.meter.clear()
+
+    def start_run(self) -> None:
+        """The source switched on: slot 0 of a new run, detector state and buffers cleared."""
+        self.current_slot = 0
+        self._run_wall_start = time.monotonic()
+        self._dirty = True
+        self.detector_meter.clear()
+        self.timetagger.new_run()
+        if self._sim is not None:
+            self._sim.reset()
+
+    @property
+    def light_on(self) -> bool:
+        return self.source.output and self.attenuator.shutter_open
+
+    def effective_params(self) -> LinkParams:
+        """The base link with every instrument setting folded in."""
+        extra = self.base.fibre.extra_loss_db + self.attenuator.loss_db
+        fibre = {"extra_loss_db": min(MAX_EXTRA_LOSS_DB, extra)}
+        receiver = {
+            "efficiency": self.detector.efficiencies(),
+            "dead_time_ns": self.detector.dead_time_ns(),
+        }
+        source = self.source.source_params()
+        try:
+            return self.base.with_changes(source=source, fibre=fibre, receiver=receiver)
+        except LinkConfigError:
+            # Only while the output is off can the class probabilities be inconsistent (the
+            # source refuses to switch on otherwise); the light is off, only the clock matters.
+            source = {"clock_hz": source["clock_hz"]}
+            return self.base.with_changes(source=source, fibre=fibre, receiver=receiver)
+
+    def _simulator(self) -> LinkSimulator:
+        if self._sim is None:
+            self._sim = LinkSimulator(self.effective_params(), self.source.key, self.seed)
+            self._dirty = True
+        if self._dirty:
+            self._sim.update(self.effective_params())
+            if self._sim.key != self.source.key:
+                self._sim.set_key(self.source.key)
+            self._sim.light_on = self.light_on
+            self._dirty = False
+        return self._sim
+
+    # --- simulated time -------------------------------------------------------------------
+    def advance_chunk(self) -> bool:
+        """Simulate the next chunk of slots into the tagger; False if realtime forbids it."""
+        sim = self._simulator()
+        n = self._chunk_slots
+        if self.realtime:
+            clock_hz = sim.params.source.clock_hz
+            allowed = int((time.monotonic() - self._run_wall_start) * clock_hz)
+            n = min(n, allowed - self.current_slot)
+            if n <= 0:
+                return False
+        first = self.current_slot
+        det = sim.simulate(first, n)
+        armed = np.array([False, *self.detector.armed()])
+        channel, time_ps = det.channel, det.time_ps
+        if not armed[1:].all():
+            keep = armed[channel]
+            channel, time_ps = channel[keep], time_ps[keep]
+        self.current_slot = first + n
+        period_ps = sim.period_ps
+        counts = np.bincount(channel, minlength=5)
+        self.detector_meter.record(n * period_ps * 1e-12, counts)
+        jitter = sim.params.receiver.jitter_ps
+        self.timetagger.ingest(first, n, period_ps, channel, time_ps, jitter, sim.delay_ps)
+        self._adapt_chunk(n, channel.size)
+        return True
+
+    def _adapt_chunk(self, n_slots: int, n_tags: int) -> None:
+        """Aim at ~TARGET_CHUNK_TAGS per chunk: big blocks for throughput, bounded memory."""
+        if n_slots < self._chunk_slots:
+            return
+        if n_tags < TARGET_CHUNK_TAGS // 2:
+            self._chunk_slots = min(MAX_CHUNK_SLOTS, self._chunk_slots * 2)
+        elif n_tags > TARGET_CHUNK_TAGS * 2:
+            self._chunk_slots = max(MIN_CHUNK_SLOTS, self._chunk_slots // 2)
+
+    def fill_meter(self, meter: RateMeter) -> None:
+        """Advance until ``meter`` covers a simulated second, or at least ``MIN_RATE_WINDOW_S``
+        once ``RATE_BUDGET_S`` of wall time is spent (a real counter's window fills as time
+        passes; here time passes only by simulating)."""
+        deadline = time.monotonic() + RATE_BUDGET_S
+        while meter.covered_s < RATE_WINDOW_S * 0.999:
+            if meter.covered_s >= MIN_RATE_WINDOW_S and time.monotonic() > deadline:
+                break
+            if not self.advance_chunk():
+                break
+
+    def count_rate(self, channel: int) -> float:
+        """Clicks/s of detector ``channel`` (1-4) over the last simulated second."""
+        self.fill_meter(self.detector_meter)
+        return self.detector_meter.rate(channel)
+
+    # --- faults ---------------------------------------------------------------------------
+    def inject_fault(
+        self,
+        instrument: str,
+        kind: str,
+        count: int | None = None,
+        delay_ms: float | None = None,
+        code: int | None = None,
+        text: str | None = None,
+    ) -> dict:
+        """Arm a fault on one instrument (see ``sim_hw.faults``); returns the fault armed."""
+        if instrument not in self.instruments:
+            raise FaultError(f"unknown instrument {instrument!r}; one of {list(self.instruments)}")
+        fault = self.instruments[instrument].faults.inject(kind, count, delay_ms, code, text)
+        return {"instrument": instrument, **vars(fault)}
+
+    def clear_faults(self, instrument: str | None = None, kind: str | None = None) -> None:
+        if instrument is not None and instrument not in self.instruments:
+            raise FaultError(f"unknown instrument {instrument!r}; one of {list(self.instruments)}")
+        names = [instrument] if instrument else list(self.instruments)
+        for name in names:
+            self.instruments[name].faults.clear(kind)
+
+    def faults(self) -> dict[str, list[dict]]:
+        return {name: inst.faults.active() for name, inst in self.instruments.items()}
+
+    def state(self) -> dict:
+        """A snapshot for the control endpoint and tests."""
+        params = self.effective_params()
+        return {
+            "slot": self.current_slot,
+            "light_on": self.light_on,
+            "extra_loss_db": params.fibre.extra_loss_db,
+            "clock_hz": params.source.clock_hz,
+            "realtime": self.realtime,
+            "faults": self.faults(),
+        }
+
+
+class WorldServer:
+    """Serves a world's instruments on loopback and its control endpoint (ZeroMQ REP, JSON).
+
+    Control requests (one JSON object each, answered with ``{"ok": true, ...}`` or
+    ``{"ok": false, "error": "..."}``): ``{"op": "ping"}``, ``{"op": "resources"}``,
+    ``{"op": "state"}``, ``{"op": "faults"}``, ``{"op": "inject", "instrument": I, "kind": K,
+    "count": N|null, "delay_ms": D, "code": C, "text": T}``, ``{"op": "clear", "instrument":
+    I|null, "kind": K|null}``.
+    """
+
+    def __init__(self, world: World, control: str = "tcp://127.0.0.1:0") -> None:
+        self.world = world
+        self._control_address = control
+        self.control = ""
+        self._workdir = ""
+        self._endpoints: list[TcpEndpoint | PtyEndpoint] = []
+        self._ctx: zmq.asyncio.Context | None = None
+        self._rep: zmq.asyncio.Socket | None = None
+        self._task: asyncio.Task | None = None
+
+    async def start(self) -> dict:
+        """Open every endpoint; return the ``--json`` ready line's content."""
+        w = self.world
+        self._workdir = tempfile.mkdtemp(prefix="qnode-sim-")
+        tcp = {name: TcpEndpoint(w.instruments[name]) for name in ("source", "attenuator",
+                                                                    "timetagger")}  # fmt: skip
+        serial_tcp = TcpEndpoint(w.detector)
+        pty = PtyEndpoint(w.detector, f"{self._workdir}/detector")
+        self._endpoints = [*tcp.values(), serial_tcp, pty]
+        for endpoint in self._endpoints:
+            await endpoint.start()
+        self._ctx = zmq.asyncio.Context()
+        self._rep = self._ctx.socket(zmq.REP)
+        self._rep.setsockopt(zmq.LINGER, 0)
+        address = self._control_address
+        if address.endswith(":0"):
+            port = self._rep.bind_to_random_port(address.rsplit(":", 1)[0])
+            self.control = f"{address.rsplit(':', 1)[0]}:{port}"
+        else:
+            self._rep.bind(address)
+            self.control = address
+        self._task = asyncio.get_running_loop().create_task(self._serve_control())
+        self._pty = pty
+        self._serial_tcp = serial_tcp
+        self._tcp = tcp
+        return self.ready_info()
+
+    def ready_info(self) -> dict:
+        return {
+            "instruments": {
+                "source": self._tcp["source"].scpi_resource,
+                "attenuator": self._tcp["attenuator"].scpi_resource,
+                "detector": self._pty.resource,
+                "timetagger": self._tcp["timetagger"].scpi_resource,
+            },
+            "serial_socket": {"detector": self._serial_tcp.serial_resource},
+            "pty_links": {"detector": self._pty.link_resource},
+            "control": self.control,
+            "seed": self.world.seed,
+            "realtime": self.world.realtime,
+        }
+
+    async def _serve_control(self) -> None:
+        while True:
+            raw = await self._rep.recv()
+            try:
+                request = json.loads(raw)
+                if not isinstance(request, dict):
+                    raise ValueError("request must be a JSON object")
+                reply = {"ok": True, **self.handle(request)}
+            except (ValueError, TypeError, KeyError, FaultError) as exc:
+                reply = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+            await self._rep.send(json.dumps(reply).encode())
+
+    def handle(self, request: dict) -> dict:
+        """One control request (also callable in-process)."""
+        op = request.get("op")
+        w = self.world
+        if op == "ping":
+            return {}
+        if op == "resources":
+            return self.ready_info()
+        if op == "state":
+            return w.state()
+        if op == "faults":
+            return {"faults": w.faults()}
+        if op == "inject":
+            fault = w.inject_fault(
+                request["instrument"], request["kind"], request.get("count"),
+                request.get("delay_ms"), request.get("code"), request.get("text"),
+            )  # fmt: skip
+            return {"fault": fault}
+        if op == "clear":
+            w.clear_faults(request.get("instrument"), request.get("kind"))
+            return {}
+        raise ValueError(f"unknown op {op!r}")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(BaseException):
+                await self._task
+        for endpoint in self._endpoints:
+            await endpoint.close()
+        if self._rep is not None:
+            self._rep.close(0)
+        if self._ctx is not None:
+            self._ctx.term()
+        if self._workdir:
+            shutil.rmtree(self._workdir, ignore_errors=True)
