@@ -1,0 +1,152 @@
+"""Published LDPC degree distributions (edge perspective) for the BSC, used to build mother codes.
+
+``lam[i]`` is the fraction of edges on degree-``i`` variable nodes and ``rho[i]`` the fraction on
+degree-``i`` check nodes (lambda(x) = sum lam_i x^(i-1)). Sources:
+
+- Elkouss, Leverrier, Alleaume, Boutros, "Efficient reconciliation protocol for discrete-variable
+  QKD", ISIT 2009 (arXiv:0901.2140), Table I (thresholds p* from density evolution).
+- Martinez-Mateo, Elkouss, Martin, "Blind reconciliation", QIC 12 (2012), Appendix B: the
+  hardware-friendly set (at most ~6 edges per bit).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class DegreeDistribution:
+    """Edge-perspective degree distribution with its design rate and BSC threshold."""
+
+    name: str
+    lam: dict[int, float]
+    rho: dict[int, float]
+    threshold: float
+    source: str
+
+    @property
+    def design_rate(self) -> float:
+        """1 - (sum rho_i / i) / (sum lam_i / i), normalised."""
+        sl = sum(self.lam.values())
+        sr = sum(self.rho.values())
+        a = sum(v / i for i, v in self.lam.items()) / sl
+        b = sum(v / i for i, v in self.rho.items()) / sr
+        return 1.0 - b / a
+
+    def variable_node_fractions(self) -> dict[int, float]:
+        """Node-perspective fractions Lambda_i proportional to lam_i / i."""
+        w = {i: v / i for i, v in self.lam.items() if v > 0}
+        t = sum(w.values())
+        return {i: v / t for i, v in sorted(w.items())}
+
+
+_ELKOUSS = "Elkouss et al., ISIT 2009, Table I"
+_BLIND = "Martinez-Mateo et al., Blind reconciliation, QIC 2012, App. B"
+
+DISTRIBUTIONS: dict[str, DegreeDistribution] = {
+    d.name: d
+    for d in (
+        DegreeDistribution(
+            "elkouss_r0.90",
+            {2: 0.07689, 3: 0.28096, 5: 0.08933, 9: 0.19620, 12: 0.30631, 21: 0.05031},
+            {50: 0.95025, 51: 0.04975},
+            0.0109,
+            _ELKOUSS,
+        ),
+        DegreeDistribution(
+            "elkouss_r0.85",
+            {
+                2: 0.04528,
+                3: 0.20537,
+                4: 0.05878,
+                5: 0.094274,
+                6: 0.08454,
+                7: 0.01176,
+                9: 0.05137,
+                21: 0.50015,
+            },
+            {41: 0.54204, 42: 0.45795},
+            0.0199,
+            _ELKOUSS,
+        ),
+        DegreeDistribution(
+            "elkouss_r0.80",
+            {2: 0.09420, 3: 0.18088, 6: 0.11972, 7: 0.08550, 8: 0.09816, 17: 0.07194, 26: 0.34960},
+            {29: 0.58807, 30: 0.41193},
+            0.0298,
+            _ELKOUSS,
+        ),
+        DegreeDistribution(
+            "elkouss_r0.75",
+            {
+                2: 0.10805,
+                3: 0.09511,
+                4: 0.01449,
+                5: 0.13764,
+                6: 0.10667,
+                7: 0.05288,
+                28: 0.01107,
+                31: 0.47408,
+            },
+            {25: 0.74161, 26: 0.25839},
+            0.0392,
+            _ELKOUSS,
+        ),
+        DegreeDistribution(
+            "blind_r0.8",
+            {
+                2: 0.0667948,
+                3: 0.194832,
+                4: 0.0570523,
+                5: 0.0645024,
+                9: 0.204606,
+                15: 0.0964409,
+                29: 0.23872,
+                35: 0.0770523,
+            },
+            {30: 0.708874, 31: 0.291126},
+            0.0289413,
+            _BLIND,
+        ),
+        DegreeDistribution(
+            "blind_r0.7",
+            {
+                2: 0.091699,
+                3: 0.171401,
+                4: 0.0683878,
+                5: 0.120523,
+                11: 0.187471,
+                28: 0.208278,
+                30: 0.152239,
+            },
+            {19: 0.806453, 20: 0.193547},
+            0.0501875,
+            _BLIND,
+        ),
+        DegreeDistribution(
+            "blind_r0.6",
+            {
+                2: 0.11653,
+                3: 0.125646,
+                4: 0.108507,
+                5: 0.0534223,
+                7: 0.0727228,
+                8: 0.0347964,
+                9: 0.0729986,
+                18: 0.0752607,
+                32: 0.117103,
+                45: 0.223013,
+            },
+            {14: 0.582731, 15: 0.417269},
+            0.0745261,
+            _BLIND,
+        ),
+        DegreeDistribution(
+            "blind_r0.5",
+            {2: 0.159673, 3: 0.121875, 4: 0.11261, 5: 0.190871, 10: 0.0770616, 25: 0.337909},
+            {9: 0.360479, 10: 0.639521},
+            0.102592,
+            _BLIND,
+        ),
+    )
+}

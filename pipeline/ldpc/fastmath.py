@@ -1,0 +1,89 @@
+"""Vectorisable float32 approximations of exp and log for the sum-product check update.
+
+numba calls libm's scalar ``expf``/``logf`` inside loops unless SVML is installed, which stops the
+loop vectoriser; these polynomial versions are plain float/int arithmetic plus a bit cast, so a
+loop over ``Z`` lanes compiles to SIMD. Relative error < 1e-5 (phi: absolute < 1e-3 for x >= 1e-5), far below what BP needs.
+"""
+
+from __future__ import annotations
+
+from llvmlite import ir
+from numba import njit, types
+from numba.extending import intrinsic
+
+_LOG2E = 1.4426950408889634
+_LN2 = 0.6931471805599453
+_SQRT2 = 1.4142135623730951
+
+
+@intrinsic
+def f32_bits(typingctx, x):
+    """Reinterpret a float32 as int32 (LLVM bitcast)."""
+    if x != types.float32:
+        return None
+
+    def codegen(context, builder, sig, args):
+        return builder.bitcast(args[0], ir.IntType(32))
+
+    return types.int32(types.float32), codegen
+
+
+@intrinsic
+def bits_f32(typingctx, x):
+    """Reinterpret the low 32 bits of an integer as float32 (LLVM trunc + bitcast)."""
+    if not isinstance(x, types.Integer):
+        return None
+
+    def codegen(context, builder, sig, args):
+        v = args[0]
+        if x.bitwidth > 32:
+            v = builder.trunc(v, ir.IntType(32))
+        elif x.bitwidth < 32:
+            v = builder.sext(v, ir.IntType(32))
+        return builder.bitcast(v, ir.FloatType())
+
+    return types.float32(x), codegen
+
+
+@njit(cache=True, inline="always", fastmath=True)
+def exp_neg(x):
+    """exp(-x) for float32 x in [0, 87]: 2^(integer part) by exponent bits, 2^frac by a quartic."""
+    y = x * np.float32(-_LOG2E)
+    fl = np.floor(y)
+    f = y - fl
+    # 2^f = 1 + f + f (f - 1) r(f): exact at f = 0 and f = 1, so 1 - exp(-x) keeps its sign
+    r = np.float32(0.00189781478)
+    r = r * f + np.float32(0.0108646227)
+    r = r * f + np.float32(0.0666790194)
+    r = r * f + np.float32(0.306851149)
+    p = np.float32(1.0) + f + f * (f - np.float32(1.0)) * r
+    return bits_f32((np.int32(fl) + np.int32(127)) << np.int32(23)) * p
+
+
+@njit(cache=True, inline="always", fastmath=True)
+def log_pos(w):
+    """Natural log of a positive normal float32: exponent bits + degree-5 polynomial."""
+    b = f32_bits(w)
+    e = ((b >> np.int32(23)) & np.int32(0xFF)) - np.int32(127)
+    m = bits_f32((b & np.int32(0x7FFFFF)) | np.int32(0x3F800000))
+    big = m > np.float32(_SQRT2)
+    m = m * np.float32(0.5) if big else m
+    e = e + np.int32(1) if big else e
+    t = m - np.float32(1.0)
+    q = np.float32(-0.143384745)
+    q = q * t + np.float32(0.220705394)
+    q = q * t + np.float32(-0.253978637)
+    q = q * t + np.float32(0.332567608)
+    q = q * t + np.float32(-0.499903599)
+    q = q * t + np.float32(1.00000469)
+    return np.float32(e) * np.float32(_LN2) + t * q
+
+
+@njit(cache=True, inline="always", fastmath=True)
+def phi(x):
+    """Gallager's phi(x) = -ln tanh(x/2) = ln((1+e^-x)/(1-e^-x)) for x in [1e-6, 40]; phi(phi(x)) = x."""
+    u = exp_neg(x)
+    return log_pos((np.float32(1.0) + u) / max(np.float32(1.0) - u, np.float32(6e-8)))
+
+
+import numpy as np  # noqa: E402  (numba resolves np at compile time; kept last for the intrinsics)
