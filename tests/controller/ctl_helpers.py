@@ -129,3 +129,54 @@ def sae_client(pki: Path, name: str, **kwargs) -> httpx.Client:
     """An httpx client presenting SAE ``name``'s certificate and trusting the test CA."""
     ctx = client_ssl_context(pki / f"{name}.pem", pki / f"{name}.key", pki / "ca.pem")
     return httpx.Client(verify=ctx, timeout=10.0, **kwargs)
+
+
+class FakeNodeCommandSocket:
+    """The node's command ROUTER as qnode/node.py speaks it ({cmd, args, rid} -> {ok, result,
+    rid}), recording what the controller forwards. A real socket on loopback."""
+
+    def __init__(self, refuse: set[str] | None = None) -> None:
+        import zmq
+
+        from qnode.codec import packb, unpackb
+
+        self._packb, self._unpackb = packb, unpackb
+        self.ctx = zmq.Context.instance()
+        self.sock = self.ctx.socket(zmq.ROUTER)
+        self.sock.linger = 0
+        self.sock.bind("tcp://127.0.0.1:0")
+        self.endpoint = self.sock.last_endpoint.decode()
+        self.received: list[dict] = []
+        self.refuse = refuse or set()
+        self._stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            if not self.sock.poll(50):
+                continue
+            frames = self.sock.recv_multipart()
+            msg = self._unpackb(frames[-1])
+            self.received.append(msg)
+            if msg.get("cmd") in self.refuse:
+                reply = {"ok": False, "error": "refused by test node", "rid": msg.get("rid")}
+            else:
+                reply = {"ok": True, "result": {"done": msg.get("cmd")}, "rid": msg.get("rid")}
+            self.sock.send_multipart([*frames[:-1], self._packb(reply)])
+
+    def commands(self) -> list[str]:
+        return [m.get("cmd") for m in self.received]
+
+    def close(self) -> None:
+        self._stop.set()
+        self.thread.join(2)
+        self.sock.close(0)
+
+
+def wait_for(predicate, timeout_s: float = 10.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)
