@@ -1,0 +1,159 @@
+"""Node configuration (``NODE.toml``) for ``qnode node``, validated with pydantic.
+
+Every table forbids unknown keys, so a misspelt key is refused with its name; relative paths are
+resolved against the configuration file's directory. The authentication secret is read from a
+file or an environment variable and never stored in the model's repr or logged::
+
+    node = "alice"                  # node id (telemetry topics, peer messages)
+    role = "alice"                  # alice | bob
+    bench = "bench-alice.toml"      # hal bench file (real or simulated instruments)
+    [peer]
+    id = "bob"
+    bind = "tcp://127.0.0.1:5701"   # Alice listens; Bob sets connect = "tcp://host:5701"
+    secret_file = "link.secret"     # or secret_env = "QNODE_LINK_SECRET"
+    [keystore]
+    path = "alice-keys.db"
+    [telemetry]
+    endpoint = "tcp://127.0.0.1:5710"
+    [pipeline]
+    frame_slots = 16777216
+    block_bits = 1000000
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class NodeConfigError(ValueError):
+    """The node configuration is unreadable or invalid; the message names the key at fault."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class PeerConfig(_Section):
+    """The classical channel to the twin node."""
+
+    id: str
+    bind: str | None = None
+    connect: str | None = None
+    secret_file: Path | None = None
+    secret_env: str | None = None
+    auth: Literal["hmac", "wegman-carter"] = "hmac"
+    wc_every_blocks: int = Field(8, ge=1, description="every n-th key block feeds the pads")
+    heartbeat_s: float = Field(0.5, gt=0)
+    timeout_s: float = Field(5.0, gt=0)
+
+    @model_validator(mode="after")
+    def _check(self) -> PeerConfig:
+        if (self.bind is None) == (self.connect is None):
+            raise ValueError("peer: give exactly one of 'bind' and 'connect'")
+        if (self.secret_file is None) == (self.secret_env is None):
+            raise ValueError("peer: give exactly one of 'secret_file' and 'secret_env'")
+        if self.timeout_s <= 2 * self.heartbeat_s:
+            raise ValueError("peer.timeout_s must exceed twice peer.heartbeat_s")
+        return self
+
+
+class KeyStoreConfig(_Section):
+    path: Path
+    busy_timeout_ms: int = Field(10_000, gt=0)
+
+
+class TelemetryConfig(_Section):
+    """The node's telemetry hub: public PUB endpoint, clone snapshot, internal endpoint."""
+
+    endpoint: str = "tcp://127.0.0.1:0"
+    snapshot: str = "tcp://127.0.0.1:0"
+    internal: str = ""  # default: an ipc:// path next to the key store
+    interval_s: float = Field(1.0, gt=0)
+
+
+class CommandConfig(_Section):
+    """The node's command socket (ROUTER) that the node controller forwards commands to."""
+
+    endpoint: str = "tcp://127.0.0.1:0"
+
+
+class PipelineConfig(_Section):
+    """Framing, finite-key block size, security parameters, queue bounds."""
+
+    frame_slots: int = Field(1 << 24, ge=1 << 10, le=1 << 34)
+    block_bits: int = Field(100_000, ge=1024, le=1 << 28, description="sifted key bits (n_X)")
+    eps_sec: float = Field(1e-10, gt=0, lt=1)
+    eps_cor: float = Field(1e-12, gt=0, lt=1)
+    queue_frames: int = Field(8, ge=1, le=1024, description="frames in flight between processes")
+    max_blocks_in_flight: int = Field(2, ge=1, le=64)
+    qber_abort: float = Field(0.11, gt=0, lt=0.5)
+
+
+class NodeConfig(_Section):
+    node: str = Field(pattern=r"^[A-Za-z0-9_.\-]+$")
+    role: Literal["alice", "bob"]
+    bench: Path
+    peer: PeerConfig
+    keystore: KeyStoreConfig
+    telemetry: TelemetryConfig = Field(default_factory=TelemetryConfig)
+    command: CommandConfig = Field(default_factory=CommandConfig)
+    pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
+    # Where ``qnode node`` starts the node controller (owned by controller/); optional.
+    controller: Path | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> NodeConfig:
+        if self.peer.id == self.node:
+            raise ValueError("peer.id must differ from node")
+        return self
+
+    def internal_endpoint(self) -> str:
+        if self.telemetry.internal:
+            return self.telemetry.internal
+        return f"ipc://{self.keystore.path.with_suffix('')}.telemetry.ipc"
+
+
+_PATH_KEYS = {("bench",), ("controller",), ("keystore", "path"), ("peer", "secret_file")}
+
+
+def _format(exc: ValidationError, where: str) -> str:
+    lines = []
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        lines.append(f"{where}: {key}: {msg}")
+    return "\n".join(lines)
+
+
+def parse_config(data: dict[str, Any], base: Path | None = None, where: str = "node") -> NodeConfig:
+    """Validate a node configuration given as a dict; relative paths are taken from ``base``."""
+    if base is not None:
+        for keys in _PATH_KEYS:
+            table = data
+            for key in keys[:-1]:
+                table = table.get(key) if isinstance(table, dict) else None
+            if isinstance(table, dict) and isinstance(table.get(keys[-1]), str):
+                path = Path(table[keys[-1]]).expanduser()
+                table[keys[-1]] = str(path if path.is_absolute() else base / path)
+    try:
+        return NodeConfig.model_validate(data)
+    except ValidationError as exc:
+        raise NodeConfigError(_format(exc, where)) from None
+
+
+def load_config(path: str | Path) -> NodeConfig:
+    """Read and validate ``NODE.toml``."""
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise NodeConfigError(f"{path}: no such file") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise NodeConfigError(f"{path}: not valid TOML: {exc}") from None
+    return parse_config(data, path.parent.resolve(), str(path))

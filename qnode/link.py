@@ -1,0 +1,372 @@
+"""``qnode link --sim``: a simulated world, Alice's and Bob's nodes, a live view and a verdict.
+
+Steps: start ``qnode sim serve --json`` (one world for the link), write a bench file and a node
+config per side into a work directory (Bob's bench gets the clock and the fibre delay of the
+world's link), start Alice's node, wait until her source emits (switching the source on starts a
+new run of the world), start Bob's node, watch both telemetry hubs until the duration or key
+count is reached, then pause both nodes, let the last commits settle and compare the two key
+stores: the same committed blocks, and a SHA-256 over all key material in block order on each side.
+Processes are separate (``python -m qnode node``), exactly as on two hosts.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import zmq
+
+from qnode import linkmodel
+from qnode.bus import Subscriber
+from qnode.codec import packb, unpackb
+from qnode.keystore import KeyStore
+
+# Default post-processing block: small enough that a default run yields keys within a minute.
+DEFAULT_BLOCK_BITS = 200_000
+DEFAULT_FRAME_SLOTS = 1 << 24
+
+
+class LinkError(RuntimeError):
+    """The link could not be brought up (a process did not start, a file is wrong)."""
+
+
+@dataclass
+class LinkOptions:
+    preset: str | None = "snspd"
+    link_file: Path | None = None
+    distance_km: float | None = None
+    duration_s: float | None = 30.0
+    keys: int | None = None  # stop once this many key blocks are committed on both sides
+    block_bits: int = DEFAULT_BLOCK_BITS
+    frame_slots: int = DEFAULT_FRAME_SLOTS
+    seed: int = 1
+    auth: str = "hmac"
+    workdir: Path | None = None
+    start_timeout_s: float = 90.0
+    controller_configs: dict[str, Path] = field(default_factory=dict)  # see controller_configs()
+
+
+def link_params(opts: LinkOptions) -> linkmodel.LinkParams:
+    params = (
+        linkmodel.load_link(opts.link_file)
+        if opts.link_file
+        else linkmodel.preset(opts.preset or "snspd")
+    )
+    if opts.distance_km is not None:
+        params = params.with_distance(opts.distance_km)
+    return params
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    return json.dumps(str(value))
+
+
+def _toml(tables: dict[str, Any]) -> str:
+    lines: list[str] = []
+    for key, value in tables.items():
+        if not isinstance(value, dict):
+            lines.append(f"{key} = {_toml_value(value)}")
+    for key, value in tables.items():
+        if isinstance(value, dict):
+            lines.append(f"\n[{key}]")
+            for k, v in value.items():
+                if isinstance(v, dict):
+                    inner = ", ".join(f"{ik} = {_toml_value(iv)}" for ik, iv in v.items())
+                    lines.append(f"{k} = {{ {inner} }}")
+                else:
+                    lines.append(f"{k} = {_toml_value(v)}")
+    return "\n".join(lines) + "\n"
+
+
+def write_configs(
+    workdir: Path, params: linkmodel.LinkParams, world_file: Path, opts: LinkOptions
+) -> dict[str, Path]:
+    """Bench files, node configs and the shared secret for both nodes; returns config paths."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    secret = workdir / "link.secret"
+    if not secret.exists():
+        fd = os.open(secret, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(os.urandom(32).hex())
+    delay_ps = (
+        params.fibre.length_km * linkmodel.FIBRE_DELAY_PS_PER_KM + params.receiver.cable_delay_ps
+    )
+    benches = {
+        "alice": {
+            "node": "alice", "simulated": True, "sim": {"attach": str(world_file)},
+            "source": {"driver": "qnode-pulse-source"},
+            "attenuator": {"driver": "keysight-8156a"},
+        },
+        "bob": {
+            "node": "bob", "simulated": True, "sim": {"attach": str(world_file)},
+            "timetagger": {"driver": "qnode-time-tagger"},
+            "timing": {"clock_hz": params.source.clock_hz, "delay_ps": delay_ps},
+        },
+    }  # fmt: skip
+    paths = {}
+    port = free_port()
+    for role in ("alice", "bob"):
+        bench = workdir / f"bench-{role}.toml"
+        bench.write_text(_toml(benches[role]))
+        peer = {"id": "bob" if role == "alice" else "alice", "secret_file": str(secret),
+                "auth": opts.auth}  # fmt: skip
+        if role == "alice":
+            peer["bind"] = f"tcp://127.0.0.1:{port}"
+        else:
+            peer["connect"] = f"tcp://127.0.0.1:{port}"
+        node = {
+            "node": role,
+            "role": role,
+            "bench": str(bench),
+            "peer": peer,
+            "keystore": {"path": str(workdir / f"{role}-keys.db")},
+            "pipeline": {"block_bits": opts.block_bits, "frame_slots": opts.frame_slots},
+        }
+        if role in opts.controller_configs:
+            node["controller"] = str(opts.controller_configs[role])
+        paths[role] = (workdir / f"{role}.toml", node)
+    return paths  # written by the caller once Alice's channel endpoint is known
+
+
+def free_port() -> int:
+    """A TCP port free on loopback right now (for the classical channel)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _write_node(path: Path, node: dict[str, Any]) -> None:
+    path.write_text(_toml(node))
+
+
+def _start_node(config: Path, ready: Path, log: Path) -> subprocess.Popen:
+    ready.unlink(missing_ok=True)
+    with open(log, "ab") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "qnode", "node", "--config", str(config),
+             "--ready-file", str(ready)],
+            stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+
+
+def _wait_file(path: Path, proc: subprocess.Popen, timeout_s: float, what: str) -> dict:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if path.exists():
+            return json.loads(path.read_text())
+        if proc.poll() is not None:
+            raise LinkError(f"{what} exited with code {proc.returncode} before it was ready")
+        time.sleep(0.05)
+    raise LinkError(f"{what} not ready after {timeout_s} s")
+
+
+def node_command(endpoint: str, cmd: str, args: dict | None = None, timeout_ms: int = 3000) -> dict:
+    """Send one command to a node's command socket (as the controller does)."""
+    ctx = zmq.Context.instance()
+    sock = ctx.socket(zmq.DEALER)
+    sock.linger = 0
+    sock.connect(endpoint)
+    try:
+        sock.send_multipart([b"", packb({"cmd": cmd, "args": args or {}, "rid": 1})])
+        if not sock.poll(timeout_ms):
+            return {"ok": False, "error": "no answer"}
+        return unpackb(sock.recv_multipart()[-1])
+    finally:
+        sock.close()
+
+
+def store_summary(path: Path) -> dict[str, Any]:
+    """Committed blocks, bits and the SHA-256 over all key material in block order."""
+    if not path.exists():
+        return {"key_blocks": 0, "key_bits": 0, "key_sha256": None, "block_ids": []}
+    store = KeyStore(path)
+    try:
+        blocks, bits, digest = store.committed_digest()
+        ids = [b.block_id for b in store.blocks("committed")]
+        pending = len(store.blocks("pending"))
+    finally:
+        store.close()
+    return {"key_blocks": blocks, "key_bits": bits, "key_sha256": digest if blocks else None,
+            "block_ids": ids, "pending_blocks": pending}  # fmt: skip
+
+
+class Link:
+    """The running link: world, two nodes, their telemetry."""
+
+    def __init__(self, opts: LinkOptions) -> None:
+        self.opts = opts
+        self.params = link_params(opts)
+        if opts.workdir is None:
+            import tempfile
+
+            opts.workdir = Path(tempfile.mkdtemp(prefix="qnode-link-"))
+        self.workdir = opts.workdir
+        self.procs: dict[str, subprocess.Popen] = {}
+        self.ready: dict[str, dict] = {}
+        self.latest: dict[str, dict[str, dict]] = {"alice": {}, "bob": {}}
+        self.subs: dict[str, Subscriber] = {}
+        self.t0 = time.monotonic()
+
+    def _start_world(self) -> Path:
+        cmd = [sys.executable, "-m", "qnode", "sim", "serve", "--json", "--seed",
+               str(self.opts.seed)]  # fmt: skip
+        if self.opts.link_file:
+            cmd += ["--link", str(self.opts.link_file)]
+        else:
+            cmd += ["--preset", self.opts.preset or "snspd"]
+        if self.opts.distance_km is not None:
+            cmd += ["--distance", str(self.opts.distance_km)]
+        log = open(self.workdir / "world.log", "ab")  # noqa: SIM115
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, text=True,
+                                start_new_session=True)  # fmt: skip
+        self.procs["world"] = proc
+        import selectors
+
+        sel = selectors.DefaultSelector()
+        sel.register(proc.stdout, selectors.EVENT_READ)
+        if not sel.select(self.opts.start_timeout_s):
+            raise LinkError("qnode sim serve printed nothing")
+        line = proc.stdout.readline()
+        if not line.strip():
+            raise LinkError(f"qnode sim serve failed (see {self.workdir / 'world.log'})")
+        world_file = self.workdir / "world.json"
+        world_file.write_text(line)
+        return world_file
+
+    def start(self, on_progress=None) -> None:
+        say = on_progress or (lambda text: None)
+        say("starting the simulated world")
+        world_file = self._start_world()
+        configs = write_configs(self.workdir, self.params, world_file, self.opts)
+        a_path, a_node = configs["alice"]
+        _write_node(a_path, a_node)
+        say("starting Alice")
+        self.procs["alice"] = _start_node(a_path, self.workdir / "alice.ready",
+                                          self.workdir / "alice.log")  # fmt: skip
+        self.ready["alice"] = _wait_file(self.workdir / "alice.ready", self.procs["alice"],
+                                         self.opts.start_timeout_s, "Alice's node")  # fmt: skip
+        self._subscribe("alice")
+        say("waiting for Alice's source")
+        self._wait_for(lambda: self._source_running(), self.opts.start_timeout_s,
+                       "Alice's source never reported running")  # fmt: skip
+        b_path, b_node = configs["bob"]
+        _write_node(b_path, b_node)
+        say("starting Bob")
+        self.procs["bob"] = _start_node(b_path, self.workdir / "bob.ready",
+                                        self.workdir / "bob.log")  # fmt: skip
+        self.ready["bob"] = _wait_file(self.workdir / "bob.ready", self.procs["bob"],
+                                       self.opts.start_timeout_s, "Bob's node")  # fmt: skip
+        self._subscribe("bob")
+        self.t0 = time.monotonic()
+
+    def _subscribe(self, role: str) -> None:
+        self.subs[role] = Subscriber(self.ready[role]["telemetry"],
+                                     snapshot_endpoint=self.ready[role]["snapshot"])  # fmt: skip
+
+    def _source_running(self) -> bool:
+        inst = self.latest["alice"].get("con/resource/alice/instrument/source/")
+        return bool(inst and inst.get("state") == "running")
+
+    def _wait_for(self, cond, timeout_s: float, message: str) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            self.poll(0.05)
+            if cond():
+                return
+            for name, proc in self.procs.items():
+                if proc.poll() is not None:
+                    raise LinkError(f"{name} exited with code {proc.returncode}: {message}")
+        raise LinkError(message)
+
+    def poll(self, timeout_s: float) -> None:
+        """Fold telemetry from both nodes into ``latest`` (topic -> payload)."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            for role, sub in self.subs.items():
+                while (msg := sub.recv(0)) is not None:
+                    self.latest[role][msg.topic] = msg.payload
+            if time.monotonic() >= deadline:
+                return
+            time.sleep(min(0.02, max(0.0, deadline - time.monotonic())))
+
+    def link_payload(self, role: str) -> dict[str, Any]:
+        return self.latest[role].get(f"qfs/telemetry/{role}/link/", {})
+
+    def committed_blocks(self) -> int:
+        return min(int(self.link_payload(r).get("keystore_blocks", 0)) for r in ("alice", "bob"))
+
+    def done(self) -> bool:
+        elapsed = time.monotonic() - self.t0
+        if self.opts.keys is not None and self.committed_blocks() >= self.opts.keys:
+            return True
+        return self.opts.duration_s is not None and elapsed >= self.opts.duration_s
+
+    def settle(self, timeout_s: float = 15.0) -> None:
+        """Pause both nodes, then wait until Bob has no pending block and the stores agree."""
+        for role in ("bob", "alice"):
+            if role in self.ready:
+                node_command(self.ready[role]["command"], "pause")
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            a = store_summary(self.workdir / "alice-keys.db")
+            b = store_summary(self.workdir / "bob-keys.db")
+            if not b.get("pending_blocks") and a["block_ids"] == b["block_ids"]:
+                return
+            time.sleep(0.2)
+
+    def stop(self) -> None:
+        for sub in self.subs.values():
+            sub.close()
+        for name in ("bob", "alice", "world"):
+            proc = self.procs.get(name)
+            if proc is None or proc.poll() is not None:
+                continue
+            proc.send_signal(signal.SIGTERM if name != "world" else signal.SIGINT)
+        for proc in self.procs.values():
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+    def result(self) -> dict[str, Any]:
+        duration = time.monotonic() - self.t0
+        sides = {r: store_summary(self.workdir / f"{r}-keys.db") for r in ("alice", "bob")}
+        bob_link = self.link_payload("bob")
+        qber = bob_link.get("qber")
+        out: dict[str, Any] = {
+            r: {k: sides[r][k] for k in ("key_blocks", "key_bits", "key_sha256")}
+            for r in ("alice", "bob")
+        }
+        sifted = bob_link.get("sifted_bits", 0)
+        out.update({
+            "qber": qber,
+            "f": bob_link.get("f"),
+            "sifted_mbps": sifted / duration / 1e6 if duration > 0 else 0.0,
+            "skr_mbps": sides["bob"]["key_bits"] / duration / 1e6 if duration > 0 else 0.0,
+            "duration_s": round(duration, 2),
+            "same_blocks": sides["alice"]["block_ids"] == sides["bob"]["block_ids"],
+            "preset": self.opts.preset if not self.opts.link_file else None,
+            "distance_km": self.params.fibre.length_km,
+            "block_bits": self.opts.block_bits,
+            "workdir": str(self.workdir),
+        })  # fmt: skip
+        out["keys_match"] = bool(
+            out["alice"]["key_blocks"] > 0
+            and out["same_blocks"]
+            and out["alice"]["key_sha256"] == out["bob"]["key_sha256"]
+        )
+        return out

@@ -1,0 +1,258 @@
+"""``qnode node``, ``qnode link`` and ``qnode telemetry watch``."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import typer
+
+telemetry_app = typer.Typer(help="The telemetry bus: watch a node's topics.")
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        if value == 0:
+            return "0"
+        if abs(value) >= 1e5 or abs(value) < 1e-3:
+            return f"{value:.3g}"
+        return f"{value:.4f}".rstrip("0").rstrip(".")
+    return str(value)
+
+
+def node_command(
+    config: Path = typer.Option(..., "--config", help="Node configuration (NODE.toml)."),
+    ready_file: Path | None = typer.Option(
+        None, "--ready-file", help="Write the node's endpoints here as JSON once it runs."
+    ),
+) -> None:
+    """Run one node (acquisition + post-processing [+ controller]) until SIGTERM/SIGINT."""
+    import logging
+
+    from qnode.channel import load_secret
+    from qnode.config import NodeConfigError, load_config
+    from qnode.node import run_node
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s node %(message)s")
+    try:
+        cfg = load_config(config)
+        load_secret(
+            str(cfg.peer.secret_file) if cfg.peer.secret_file else None, cfg.peer.secret_env
+        )
+    except (NodeConfigError, ValueError, OSError) as exc:
+        typer.echo(f"qnode node: {exc}", err=True)
+        raise typer.Exit(2) from None
+    raise typer.Exit(run_node(cfg, config.resolve(), ready_file))
+
+
+def _live_table(link: Any) -> Any:
+    from rich.table import Table
+
+    table = Table(title=f"qnode link  t = {time.monotonic() - link.t0:5.1f} s")
+    table.add_column("")
+    table.add_column("alice", justify="right")
+    table.add_column("bob", justify="right")
+    rows = [
+        ("detections/s", "acquisition", "detections_per_s"),
+        ("sifted bit/s", "link", "sifted_bps"),
+        ("QBER (block)", "link", "qber"),
+        ("QBER Z signal", "link", "qber_z_signal"),
+        ("f", "link", "f"),
+        ("FER", "link", "fer"),
+        ("secret bit/s", "link", "skr_bps"),
+        ("blocks done / failed", "link", ("blocks_done", "blocks_failed")),
+        ("keys stored (blocks)", "link", "keystore_blocks"),
+        ("keys stored (bits)", "link", "keystore_bits"),
+        ("channel rejected", "channel", "rejected_auth"),
+        ("peer connected", "link", "peer_connected"),
+    ]
+    for label, obj, key in rows:
+        cells = []
+        for role in ("alice", "bob"):
+            payload = link.latest[role].get(f"qfs/telemetry/{role}/{obj}/", {})
+            if isinstance(key, tuple):
+                cells.append(" / ".join(_fmt(payload.get(k)) for k in key))
+            else:
+                cells.append(_fmt(payload.get(key)))
+        table.add_row(label, *cells)
+    faults = []
+    for role in ("alice", "bob"):
+        for t, payload in link.latest[role].items():
+            if "/instrument/" in t and payload.get("state") == "fault":
+                faults.append(f"{role}: {payload.get('instrument')}: {payload.get('fault')}")
+    table.caption = ("faults: " + "; ".join(faults)) if faults else "no instrument faults"
+    return table
+
+
+def _summary_table(result: dict[str, Any]) -> Any:
+    from rich.table import Table
+
+    table = Table(title="qnode link summary")
+    table.add_column("")
+    table.add_column("alice", justify="right")
+    table.add_column("bob", justify="right")
+    for key in ("key_blocks", "key_bits", "key_sha256"):
+        a, b = result["alice"][key], result["bob"][key]
+        table.add_row(key, _fmt(a)[:16], _fmt(b)[:16])
+    for key in ("qber", "f", "sifted_mbps", "skr_mbps", "duration_s", "keys_match"):
+        table.add_row(key, _fmt(result.get(key)), "")
+    return table
+
+
+def link_command(
+    sim: bool = typer.Option(False, "--sim", help="Simulated instruments (required for now)."),
+    preset: str | None = typer.Option(None, "--preset", help="Link preset (gys, lim2014, snspd)."),
+    link_file: Path | None = typer.Option(None, "--link", help="Link file (TOML)."),
+    distance: float | None = typer.Option(None, "--distance", help="Fibre length in km."),
+    duration: float | None = typer.Option(None, "--duration", help="Run for S seconds."),
+    keys: int | None = typer.Option(None, "--keys", help="Run until N key blocks are stored."),
+    block_bits: int = typer.Option(0, "--block-bits", help="Sifted bits per finite-key block."),
+    auth: str = typer.Option("hmac", "--auth", help="Classical channel: hmac | wegman-carter."),
+    json_file: Path | None = typer.Option(None, "--json", help="Write the figures here (JSON)."),
+    workdir: Path | None = typer.Option(None, "--workdir", help="Keep configs and stores here."),
+    seed: int = typer.Option(1, "--seed", help="Seed of the photon simulation."),
+    quiet: bool = typer.Option(False, "--quiet", help="No live view."),
+) -> None:
+    """Run a simulated link: world + Alice + Bob; exit 0 only if both hold the same keys."""
+    from rich.console import Console
+    from rich.live import Live
+
+    from qnode.link import DEFAULT_BLOCK_BITS, Link, LinkError, LinkOptions
+
+    console = Console(stderr=True)
+    if not sim:
+        console.print("qnode link: only --sim is supported (real benches: run qnode node twice)")
+        raise typer.Exit(2)
+    if preset and link_file:
+        console.print("qnode link: give --preset or --link, not both")
+        raise typer.Exit(2)
+    if duration is not None and keys is not None:
+        console.print("qnode link: give --duration or --keys, not both")
+        raise typer.Exit(2)
+    if auth not in ("hmac", "wegman-carter"):
+        console.print(f"qnode link: --auth must be hmac or wegman-carter, not {auth!r}")
+        raise typer.Exit(2)
+    opts = LinkOptions(
+        preset=None if link_file else (preset or "snspd"), link_file=link_file,
+        distance_km=distance, duration_s=None if keys is not None else (duration or 30.0),
+        keys=keys, block_bits=block_bits or DEFAULT_BLOCK_BITS, seed=seed, auth=auth,
+        workdir=workdir,
+    )  # fmt: skip
+    if keys is not None:
+        opts.duration_s = None
+    try:
+        link = Link(opts)
+    except (ValueError, KeyError, OSError) as exc:
+        console.print(f"qnode link: {exc}")
+        raise typer.Exit(2) from None
+    result: dict[str, Any] | None = None
+    try:
+        link.start(on_progress=lambda text: console.print(f"[dim]{text}[/dim]"))
+        if quiet:
+            while not link.done():
+                link.poll(0.5)
+        else:
+            with Live(_live_table(link), console=console, refresh_per_second=2) as live:
+                while not link.done():
+                    link.poll(0.5)
+                    live.update(_live_table(link))
+        link.settle()
+        link.poll(0.2)
+        result = link.result()
+    except LinkError as exc:
+        console.print(f"qnode link: {exc} (logs in {link.workdir})")
+    except KeyboardInterrupt:
+        link.settle(5)
+        result = link.result()
+    finally:
+        link.stop()
+    if result is None:
+        raise typer.Exit(1)
+    console.print(_summary_table(result))
+    if json_file is not None:
+        json_file.write_text(json.dumps(result, indent=2) + "\n")
+    if not result["keys_match"]:
+        console.print("[red]no identical keys on both sides[/red]")
+        raise typer.Exit(1)
+
+
+def watch(
+    endpoint: str = typer.Argument(..., help="A node's telemetry endpoint (tcp://host:port)."),
+    topic_prefix: list[str] = typer.Option(None, "--topic", help="Topic prefix (repeatable)."),
+    json_lines: bool = typer.Option(False, "--json", help="Print JSON lines."),
+    snapshot: str | None = typer.Option(None, "--snapshot", help="Clone snapshot endpoint."),
+    count: int = typer.Option(0, "--count", help="Stop after N messages (0 = never)."),
+    duration: float = typer.Option(0.0, "--duration", help="Stop after S seconds (0 = never)."),
+) -> None:
+    """Print a node's telemetry: a live rich table (latest per topic) or JSON lines."""
+    from rich.console import Console
+    from rich.live import Live
+    from rich.table import Table
+
+    from qnode.bus import Subscriber
+
+    sub = Subscriber(endpoint, topic_prefix or [""], snapshot_endpoint=snapshot)
+    latest: dict[str, tuple[dict, dict]] = {}
+    seen = 0
+    t_end = time.monotonic() + duration if duration else None
+
+    def emit(msg: Any) -> None:
+        nonlocal seen
+        seen += 1
+        if json_lines:
+            sys.stdout.write(
+                json.dumps(
+                    {"topic": msg.topic, "header": msg.header, "payload": msg.payload}, default=str
+                )
+                + "\n"  # fmt: skip
+            )
+            sys.stdout.flush()
+        latest[msg.topic] = (msg.header, msg.payload)
+
+    def table() -> Table:
+        t = Table(title=f"telemetry {endpoint}  (gaps {sub.stats.gaps}, "
+                        f"malformed {sub.stats.malformed})")  # fmt: skip
+        t.add_column("topic")
+        t.add_column("seq", justify="right")
+        t.add_column("payload")
+        for name in sorted(latest):
+            header, payload = latest[name]
+            text = ", ".join(f"{k}={_fmt(v)}" for k, v in payload.items())
+            t.add_row(name, str(header.get("seq")), text[:160])
+        return t
+
+    def finished() -> bool:
+        return bool((count and seen >= count) or (t_end and time.monotonic() >= t_end))
+
+    try:
+        if snapshot:
+            for msg in sub.snapshot(""):
+                emit(msg)
+        if json_lines:
+            while not finished():
+                msg = sub.recv(200)
+                if msg is not None:
+                    emit(msg)
+        else:
+            with Live(table(), console=Console(), refresh_per_second=4) as live:
+                while not finished():
+                    msg = sub.recv(200)
+                    if msg is not None:
+                        emit(msg)
+                        live.update(table())
+    except KeyboardInterrupt:
+        pass
+    finally:
+        sub.close()
+
+
+def register(app: typer.Typer) -> None:
+    app.command("node")(node_command)
+    app.command("link")(link_command)
+    telemetry_app.command("watch")(watch)
+    app.add_typer(telemetry_app, name="telemetry")
