@@ -1,0 +1,226 @@
+"""GF(2)[x] multiplication on 64-bit words: PCLMULQDQ schoolbook base case, Karatsuba on top.
+
+Polynomials are little-endian uint64 word arrays: coefficient ``i`` is bit ``i % 64`` of word
+``i // 64``. Two products, both with the ``N^1.58`` word count of Karatsuba (as gf2x does below its
+FFT range):
+
+* :func:`mul_karatsuba`: the full product ``a * b`` (``2N`` words).
+* :func:`sdp_karatsuba`: sliding dot products ``c_r = sum_j u[r + j] * b[j]`` for ``r < N`` (``u``
+  of ``2N - 1`` words, each ``c_r`` a 128-bit value stored as words ``2r`` (low) and ``2r + 1``
+  (high)). This is a word-level Toeplitz matrix-vector product -- the transposed Karatsuba
+  "middle product" of Hanrot, Quercia and Zimmermann (2004) -- and costs one ``N x N`` product
+  instead of ``2N x N``; privacy amplification is built on it.
+
+Recursions split even sizes only; callers pad sizes to ``b * 2^k`` (:func:`padded_size`). The
+recursion passes whole arrays plus offsets and one preallocated scratch array, so no level slices
+or allocates (slices would cost reference-count traffic at every one of the ~3^k leaves).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from .intrinsics import clmul, clmul_dot, clmul_rows2, clmul_rows8
+
+#: Below this many words a product is done by schoolbook on (V)PCLMULQDQ.
+BASE_WORDS = 64
+
+
+def padded_size(n_words: int, base: int = BASE_WORDS) -> int:
+    """``b * 2^k >= n_words`` with ``b <= base`` (a multiple of 8 once above 8, so the 8-row base
+    case has no tail), so Karatsuba halves cleanly down to the base case."""
+    k = 0
+    while -(-n_words // (1 << k)) > base:
+        k += 1
+    b = -(-n_words // (1 << k))
+    if b > 8:
+        b = -(-b // 8) * 8
+    return b << k
+
+
+@njit(cache=True)
+def mul_school(a, b):  # pragma: no cover - numba
+    """Full product by schoolbook, one PCLMULQDQ per word pair (the reference for tests)."""
+    out = np.zeros(a.size + b.size, dtype=np.uint64)
+    for i in range(a.size):
+        for j in range(b.size):
+            lo, hi = clmul(a[i], b[j])
+            out[i + j] ^= lo
+            out[i + j + 1] ^= hi
+    return out
+
+
+@njit(cache=True)
+def _mul_iter(mem, ao, bo, oo, n, wo):  # pragma: no cover - numba
+    """mem[oo:oo+2n] = a * b (a, b at ao, bo, n words each) by Karatsuba with an explicit stack.
+
+    a b = a0 b0 + [(a0 + a1)(b0 + b1) + a0 b0 + a1 b1] z^h + a1 b1 z^2h; ``mem[wo:]`` holds >= 4n
+    words of scratch. Iterative because numba cannot cache recursive functions (numba#6061).
+    """
+    stack = np.empty((64, 6), dtype=np.int64)
+    stack[0, 0], stack[0, 1], stack[0, 2], stack[0, 3], stack[0, 4], stack[0, 5] = (
+        ao,
+        bo,
+        oo,
+        n,
+        wo,
+        0,
+    )
+    top = 0
+    while top >= 0:
+        a0, b0, o0, size, w0, stage = stack[top]
+        if size <= BASE_WORDS or size % 2 == 1:
+            for k in range(2 * size):
+                mem[o0 + k] = 0
+            for i in range(size):
+                for j in range(size):
+                    lo, hi = clmul(mem[a0 + i], mem[b0 + j])
+                    mem[o0 + i + j] ^= lo
+                    mem[o0 + i + j + 1] ^= hi
+            top -= 1
+            continue
+        h = size // 2
+        asum, bsum, mid, rest = w0, w0 + h, w0 + 2 * h, w0 + 4 * h
+        stack[top, 5] = stage + 1
+        if stage == 0:
+            child = (a0, b0, o0)
+        elif stage == 1:
+            child = (a0 + h, b0 + h, o0 + 2 * h)
+        elif stage == 2:
+            for i in range(h):
+                mem[asum + i] = mem[a0 + i] ^ mem[a0 + h + i]
+                mem[bsum + i] = mem[b0 + i] ^ mem[b0 + h + i]
+            child = (asum, bsum, mid)
+        else:
+            for k in range(2 * h):
+                mem[mid + k] ^= mem[o0 + k] ^ mem[o0 + 2 * h + k]
+            for k in range(2 * h):
+                mem[o0 + h + k] ^= mem[mid + k]
+            top -= 1
+            continue
+        top += 1
+        stack[top, 0], stack[top, 1], stack[top, 2] = child
+        stack[top, 3], stack[top, 4], stack[top, 5] = h, rest, 0
+
+
+@njit(cache=True)
+def mul_karatsuba(a, b):  # pragma: no cover - numba
+    """Full product of two equal-length word arrays by Karatsuba (2N words out)."""
+    n = a.size
+    mem = np.empty(n + n + 2 * n + 4 * n + 64, dtype=np.uint64)
+    mem[:n] = a
+    mem[n : 2 * n] = b
+    _mul_iter(mem, 0, n, 2 * n, n, 4 * n)
+    return mem[2 * n : 4 * n].copy()
+
+
+@njit(cache=True)
+def sdp_school(u, b, wide):  # pragma: no cover - numba
+    """Sliding dot products by schoolbook (the reference for tests): 2N words, lo/hi per row."""
+    n = b.size
+    out = np.empty(2 * n, dtype=np.uint64)
+    for r in range(n):
+        lo, hi = clmul_dot(u, r, b, 0, n, wide)
+        out[2 * r] = lo
+        out[2 * r + 1] = hi
+    return out
+
+
+@njit(cache=True)
+def _sdp_base(u, uo, b, bo, out, oo, n, wide):  # pragma: no cover - numba
+    """Schoolbook base case: 8 rows per 512-bit pass (``wide``), then pairs, then one row."""
+    r = 0
+    if wide:
+        while r + 8 <= n:
+            clmul_rows8(u, uo + r, b, bo, n, out, oo + 2 * r)
+            r += 8
+    while r + 2 <= n:
+        clmul_rows2(u, uo + r, b, bo, n, out, oo + 2 * r)
+        r += 2
+    if r < n:
+        lo, hi = clmul_dot(u, uo + r, b, bo, n, wide)
+        out[oo + 2 * r] = lo
+        out[oo + 2 * r + 1] = hi
+
+
+@njit(cache=True)
+def _sdp_iter(mem, uo, bo, oo, n, wo, wide):  # pragma: no cover - numba
+    """Transposed Karatsuba: mem[oo + 2r : oo + 2r + 2] = sum_j mem[uo + r + j] mem[bo + j].
+
+    With U0 = u[0:2h-1], U1 = u[h:3h-1], U2 = u[2h:4h-1] and b = (b0, b1):
+    top = U0.b0 + U1.b1 = P + (U0 + U1).b0 and bottom = U1.b0 + U2.b1 = P + (U1 + U2).b1 with
+    P = U1.(b0 + b1): three half-size problems. Depth-first with an explicit stack (numba cannot
+    cache recursive functions, numba#6061); everything lives in one array ``mem`` addressed by
+    offsets, ``mem[wo:]`` holding >= 5n words of scratch.
+    """
+    stack = np.empty((64, 6), dtype=np.int64)
+    stack[0, 0], stack[0, 1], stack[0, 2], stack[0, 3], stack[0, 4], stack[0, 5] = (
+        uo,
+        bo,
+        oo,
+        n,
+        wo,
+        0,
+    )
+    top = 0
+    while top >= 0:
+        u0, b0, o0, size, w0, stage = stack[top]
+        if size <= BASE_WORDS or size % 2 == 1:
+            _sdp_base(mem, u0, mem, b0, mem, o0, size, wide)
+            top -= 1
+            continue
+        h = size // 2
+        usum, bsum, p, rest = w0, w0 + 2 * h - 1, w0 + 3 * h - 1, w0 + 5 * h - 1
+        stack[top, 5] = stage + 1
+        if stage == 0:
+            for i in range(2 * h - 1):
+                mem[usum + i] = mem[u0 + i] ^ mem[u0 + h + i]
+            child = (usum, b0, o0)
+        elif stage == 1:
+            for i in range(2 * h - 1):
+                mem[usum + i] = mem[u0 + h + i] ^ mem[u0 + 2 * h + i]
+            child = (usum, b0 + h, o0 + 2 * h)
+        elif stage == 2:
+            for i in range(h):
+                mem[bsum + i] = mem[b0 + i] ^ mem[b0 + h + i]
+            child = (u0 + h, bsum, p)
+        else:
+            for k in range(2 * h):
+                mem[o0 + k] ^= mem[p + k]
+                mem[o0 + 2 * h + k] ^= mem[p + k]
+            top -= 1
+            continue
+        top += 1
+        stack[top, 0], stack[top, 1], stack[top, 2] = child
+        stack[top, 3], stack[top, 4], stack[top, 5] = h, rest, 0
+
+
+@njit(cache=True)
+def _sdp_task(u, b, wide):  # pragma: no cover - numba
+    """One sliding-dot-product problem in a private arena: [u | b | out | scratch]."""
+    n = b.size
+    mem = np.empty(2 * n - 1 + n + 2 * n + 5 * n + 64, dtype=np.uint64)
+    mem[: 2 * n - 1] = u
+    mem[2 * n - 1 : 3 * n - 1] = b
+    _sdp_iter(mem, 0, 2 * n - 1, 3 * n - 1, n, 5 * n - 1, wide)
+    return mem[3 * n - 1 : 5 * n - 1]
+
+
+@njit(cache=True)
+def sdp_karatsuba(u, b, wide):  # pragma: no cover - numba
+    """Sliding dot products of a (2N-1)-word ``u`` and N-word ``b`` by Karatsuba (2N words)."""
+    return _sdp_task(u, b, wide).copy()
+
+
+@njit(cache=True, parallel=True)
+def sdp_batch(u_rows, b_rows, wide):  # pragma: no cover - numba
+    """Independent sliding-dot-product problems, one per row, spread over the cores by prange.
+
+    Each task works in its own arena, so threads never share an array (or its refcount).
+    """
+    t_count, n = b_rows.shape
+    out_rows = np.empty((t_count, 2 * n), dtype=np.uint64)
+    for t in prange(t_count):
+        out_rows[t] = _sdp_task(u_rows[t], b_rows[t], wide)
+    return out_rows
