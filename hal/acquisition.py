@@ -242,7 +242,10 @@ class Acquisition:
                         break
                     self._commands()
                     self._telemetry()
-        tagger.stop()
+        try:
+            tagger.stop()
+        except InstrumentError:
+            pass  # the instrument went away first; nothing left to stop
 
     def _run_alice(self) -> None:
         from drivers.errors import InstrumentError

@@ -34,8 +34,14 @@ def list_instruments(
     table.add_column("source")
     table.add_column("name")
     table.add_column("resource")
+    import warnings
+
     try:
-        found = resource_manager().list_resources("?*")
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            found = resource_manager().list_resources("?*")
+        for note in caught:
+            table.add_row("pyvisa-py", "note", str(note.message)[:100])
     except Exception as exc:  # discovery is best effort: report, go on with the world
         found = ()
         table.add_row("pyvisa-py", "", f"listing failed: {exc!r}")
@@ -135,7 +141,6 @@ def check(
 
 def run_checks(bench: Any) -> tuple[list[tuple[str, ...]], int]:
     """Run the bench checks; return table rows ``(role, device, check, value, result)``."""
-    from hal.bench import same_value
 
     rows: list[tuple[str, ...]] = []
     failed = 0
@@ -159,15 +164,22 @@ def run_checks(bench: Any) -> tuple[list[tuple[str, ...]], int]:
         step(field, device, "errors (cleared)", lambda r=role: (r.read_errors() or "none", True))
         step(field, device, "errors after clear", lambda r=role: _empty_queue(r))
         settings = getattr(bench.config, field).settings
-        for name, wanted in settings.items():
-
-            def one(r=role, n=name, w=wanted):
-                got = r.apply(n, w)
-                return f"{w!r} -> {_show(got)}", same_value(w, got)
-
-            step(field, device, f"set {name}", one)
+        applied = step(field, device, "settings", lambda r=role, s=settings: (r.apply_all(s), True))
+        if applied is not None:
+            rows.pop()  # one row per setting instead
+        for name, (wanted, got) in (applied or {}).items():
+            rows.append(
+                (field, device, f"set {name}", f"{wanted!r} -> {_show(got)}", _ok(wanted, got))
+            )
+            failed += _ok(wanted, got) != "ok"
         step(field, device, "rates", lambda r=role: (r.rates(), True))
     return rows, failed
+
+
+def _ok(wanted: Any, got: Any) -> str:
+    from hal.bench import same_value
+
+    return "ok" if same_value(wanted, got) else "FAIL"
 
 
 def _empty_queue(role: Any) -> tuple[Any, bool]:

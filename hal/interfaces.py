@@ -96,6 +96,10 @@ class Transmitter(Role):
     def symbol_bytes(self, slots: np.ndarray) -> np.ndarray:
         """Symbol bytes (docs/contracts.md §1.1) of the given slots."""
 
+    @abstractmethod
+    def symbol_range(self, first: int, count: int) -> np.ndarray:
+        """Symbol bytes of the contiguous slots ``first ... first + count - 1``."""
+
     def symbols(self, slots: np.ndarray) -> dict[str, np.ndarray]:
         """Alice's ``basis``, ``bit``, ``intensity`` (uint8 arrays) for the given slots."""
         sym = self.symbol_bytes(np.asarray(slots, dtype=np.int64))

@@ -71,6 +71,17 @@ class PulseSourceTransmitter(_DriverRole, Transmitter):
 
     driver_class = PulseSource
 
+    def apply_all(self, settings: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+        """Output off while the rest is set (the source freezes them while emitting), then
+        ``output`` last."""
+        rest = {k: v for k, v in settings.items() if k != "output"}
+        if rest and self.driver.output:
+            self.driver.output = False
+        result = super().apply_all(rest)
+        if "output" in settings:
+            result["output"] = (settings["output"], self.apply("output", settings["output"]))
+        return result
+
     @property
     def clock_hz(self) -> float:
         return self.driver.clock_hz
@@ -87,6 +98,9 @@ class PulseSourceTransmitter(_DriverRole, Transmitter):
 
     def symbol_bytes(self, slots: np.ndarray) -> np.ndarray:
         return self.driver.symbols_for_slots(slots)
+
+    def symbol_range(self, first: int, count: int) -> np.ndarray:
+        return self.driver.symbols(first, count)
 
     def rates(self) -> dict[str, float]:
         return {"clock_hz": self.driver.clock_hz, "slot": float(self.driver.slot)}
