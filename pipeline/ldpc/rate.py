@@ -1,0 +1,166 @@
+"""Rate adaptation: pick a mother code and puncture or shorten it to a target efficiency.
+
+For a frame of a code ``(n, m)`` with ``p`` punctured and ``s`` shortened positions, Alice puts
+``k = n - p - s`` key bits in the key positions, private random bits in the punctured ones and
+zeros in the shortened ones, and sends the ``m``-bit syndrome. What the syndrome discloses about
+the key is ``m - p`` bits (the punctured bits are uniform and independent of the key), so the
+efficiency is ``f = (m - p) / (k h(Q))``. Each blind round (Martinez-Mateo et al. 2012) reveals
+``reveal_step`` more positions, punctured ones first (they become shortened), then key bits; every
+revealed bit counts one more leaked bit. Positions follow a fixed pseudo-random order per code,
+so Alice and Bob derive the same layout from ``(code, p, s)`` alone.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from functools import cache
+
+import numpy as np
+
+from .codes import QCCode, load_code
+
+# Stored mother codes, highest rate first; the planner tries them all.
+FAMILY_CODES = (
+    "qc_r0.90_n131072",
+    "qc_r0.85_n131072",
+    "qc_r0.80_n131072",
+    "qc_r0.75_n131072",
+    "qc_r0.70_n131072",
+    "qc_r0.65_n131072",
+    "qc_r0.60_n131072",
+    "qc_r0.55_n131072",
+    "qc_r0.50_n131072",
+)
+MAX_PUNCTURED = 0.08  # fraction of n; more puncturing makes BP lose too much (Elkouss 2010)
+MAX_SHORTENED = 0.6  # fraction of n; beyond this the frame carries too little key
+MIN_QBER = 0.005  # below this the plan is made as if Q = 0.5 % (h(Q) -> 0 would ask for R -> 1)
+DEFAULT_F_TARGET = 1.08
+DEFAULT_REVEAL_F_STEP = 0.035
+DEFAULT_MAX_REVEALS = 3
+
+
+def binary_entropy(q: float) -> float:
+    """h(q) in bits."""
+    if q <= 0.0 or q >= 1.0:
+        return 0.0
+    return -q * math.log2(q) - (1.0 - q) * math.log2(1.0 - q)
+
+
+@dataclass(frozen=True)
+class FramePlan:
+    """Layout of one frame: code, punctured/shortened counts, blind reveal step and budget."""
+
+    code_name: str
+    punctured: int
+    shortened: int
+    reveal_step: int
+    max_reveals: int
+    code: QCCode = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        code = load_code(self.code_name)
+        object.__setattr__(self, "code", code)
+        if self.punctured < 0 or self.shortened < 0 or self.punctured + self.shortened >= code.n:
+            raise ValueError(f"bad frame plan p={self.punctured} s={self.shortened}")
+        if self.reveal_step < 0 or self.max_reveals < 0:
+            raise ValueError("reveal step and count must be >= 0")
+
+    @property
+    def key_bits(self) -> int:
+        """Key bits carried per frame."""
+        return self.code.n - self.punctured - self.shortened
+
+    def leaked(self, revealed: int) -> int:
+        """Bits disclosed about the key: syndrome minus punctured, plus revealed bits."""
+        return self.code.m - self.punctured + revealed
+
+    def layout(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(punctured, shortened, key, reveal order) positions; key positions sorted."""
+        return _layout(self.code_name, self.punctured, self.shortened)
+
+    def to_wire(self) -> dict[str, int | str]:
+        return {
+            "code": self.code_name,
+            "punctured": self.punctured,
+            "shortened": self.shortened,
+            "reveal_step": self.reveal_step,
+            "max_reveals": self.max_reveals,
+        }
+
+    @classmethod
+    def from_wire(cls, d: dict) -> FramePlan:
+        return cls(
+            str(d["code"]),
+            int(d["punctured"]),
+            int(d["shortened"]),
+            int(d["reveal_step"]),
+            int(d["max_reveals"]),
+        )
+
+
+@cache
+def _layout(name: str, p: int, s: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    code = load_code(name)
+    order = position_order(code)
+    punct = np.sort(order[:p])
+    short = np.sort(order[p : p + s])
+    rest = order[p + s :]
+    key = np.sort(rest)
+    reveal = np.concatenate([order[:p], rest])  # punctured first, then key bits
+    for a in (punct, short, key, reveal):
+        a.setflags(write=False)
+    return punct, short, key, reveal
+
+
+def position_order(code: QCCode) -> np.ndarray:
+    """Fixed pseudo-random order of the code's positions (same on both sides)."""
+    seed = int.from_bytes(code.name.encode(), "little") % (2**63)
+    return np.random.default_rng(seed).permutation(code.n)
+
+
+def plan_frame(
+    qber_estimate: float,
+    f_target: float = DEFAULT_F_TARGET,
+    reveal_f_step: float = DEFAULT_REVEAL_F_STEP,
+    max_reveals: int = DEFAULT_MAX_REVEALS,
+    codes: tuple[str, ...] = FAMILY_CODES,
+) -> FramePlan:
+    """Choose the code and ``(p, s)`` so that ``(m - p) / (k h(Q)) = f_target``.
+
+    Among codes needing at most ``MAX_PUNCTURED`` puncturing (or ``MAX_SHORTENED`` shortening)
+    the one with the least adaptation wins (puncturing weighs double: it hurts BP more).
+    """
+    if not 0.0 <= qber_estimate <= 0.5:
+        raise ValueError(f"QBER estimate must be in [0, 0.5], got {qber_estimate}")
+    if f_target < 1.0:
+        raise ValueError(f"target efficiency must be >= 1, got {f_target}")
+    leak_rate = f_target * binary_entropy(max(qber_estimate, MIN_QBER))
+    best: tuple[float, str, int, int] | None = None
+    for name in codes:
+        code = load_code(name)
+        n, m = code.n, code.m
+        if leak_rate >= 1.0:
+            continue
+        if m > leak_rate * n:  # too much syndrome: puncture
+            p = math.ceil((m - leak_rate * n) / (1.0 - leak_rate))
+            s = 0
+            if p > MAX_PUNCTURED * n:
+                continue
+            cost = 2.0 * p / n
+        else:  # too little: shorten
+            p = 0
+            s = max(0, math.floor(n - m / leak_rate))
+            if s > MAX_SHORTENED * n:
+                continue
+            cost = s / n
+        if best is None or cost < best[0]:
+            best = (cost, name, p, s)
+    if best is None:
+        raise ValueError(
+            f"QBER estimate {qber_estimate} is outside what the stored codes can reconcile"
+        )
+    _, name, p, s = best
+    k = load_code(name).n - p - s
+    step = max(1, math.ceil(reveal_f_step * k * binary_entropy(max(qber_estimate, MIN_QBER))))
+    return FramePlan(name, p, s, step, max_reveals)

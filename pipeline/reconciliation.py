@@ -1,0 +1,426 @@
+"""One-way LDPC reconciliation with blind reveal rounds and hash verification, sans-I/O.
+
+Alice and Bob each hold a :class:`ReconcilerAlice` / :class:`ReconcilerBob` per block; their
+``handle`` methods take the peer's message and return the messages to send. Flow per batch of
+frames (every message carries ``block`` and ``frames``):
+
+1. Alice -> ``ldpc_syndrome``: frame plan (code, punctured, shortened, reveal step), QBER
+   estimate, packed syndromes.
+2. Bob decodes the batch (numba, all cores). Frames that failed and still have reveal budget:
+   Bob -> ``ldpc_reveal_request`` (``round``), Alice -> ``ldpc_reveal`` (the next
+   ``reveal_step`` positions' values), Bob decodes again; repeated up to ``max_reveals`` times.
+3. Bob -> ``ldpc_status`` (decoded flags, reveal counts). Alice -> ``verify_tags`` for the
+   frames Bob decoded (:mod:`pipeline.verification`), Bob -> ``verify_result``.
+4. A frame is kept by both sides iff Bob decoded it and the tags matched; otherwise both drop it.
+
+Bits at the end of the block that do not fill a whole frame are not reconciled: they come back
+as ``remainder`` (the caller prepends them to the next block's bits, both sides alike).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .channel import Message, loopback_pair
+from .ldpc.decoder import SHORTENED_LLR, channel_llr, decode_batch
+from .ldpc.rate import DEFAULT_F_TARGET, DEFAULT_MAX_REVEALS, FramePlan, plan_frame
+from .verification import DEFAULT_EPS_COR, VerifierAlice, VerifierBob
+
+DEFAULT_BATCH_FRAMES = 16
+MAX_ITER = 100
+
+
+def check_bits(name: str, bits: np.ndarray) -> np.ndarray:
+    """Validate a 1-D uint8 array of 0/1 (raises ValueError)."""
+    if not isinstance(bits, np.ndarray) or bits.dtype != np.uint8 or bits.ndim != 1:
+        raise ValueError(f"{name} must be a 1-D numpy uint8 array of 0/1")
+    if bits.size and int(bits.max()) > 1:
+        raise ValueError(f"{name} must contain only 0 and 1")
+    return bits
+
+
+def check_qber(qber: float) -> float:
+    q = float(qber)
+    if not 0.0 <= q <= 0.5:  # also rejects NaN
+        raise ValueError(f"QBER estimate must be in [0, 0.5], got {qber}")
+    return q
+
+
+@dataclass
+class SideResult:
+    """What one side ends a block with."""
+
+    key: np.ndarray  # concatenated key bits of the kept frames, frame order
+    kept_frames: list[int]
+    failed_frames: list[int]
+    leaked_bits: int  # syndrome - punctured + revealed, kept frames only
+    verification_bits: int  # tag bits + verdict bit, every verified frame
+    remainder: np.ndarray  # tail bits that did not fill a frame (not reconciled)
+
+
+@dataclass
+class _Frames:
+    plan: FramePlan
+    ids: list[int]
+    words: np.ndarray | None = None  # (F, n) Alice's full code words / Bob's decoded words
+    revealed: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    decoded: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
+
+
+class _Side:
+    def __init__(self, block: int, eps_cor: float) -> None:
+        self.block = int(block)
+        self.eps_cor = eps_cor
+        self.batches: dict[int, _Frames] = {}  # keyed by first frame id
+        self.frame_batch: dict[int, int] = {}  # frame id -> first frame id of its batch
+        self.kept: dict[int, np.ndarray] = {}
+        self.leak: dict[int, int] = {}
+        self.failed: set[int] = set()
+        self.verification_bits = 0
+        self.remainder = np.zeros(0, np.uint8)
+        self.n_frames = 0
+
+    def _batch(self, msg: Message) -> _Frames:
+        if int(msg.get("block", -1)) != self.block:
+            raise ValueError(f"message for block {msg.get('block')} reached block {self.block}")
+        frames = [int(f) for f in msg.get("frames", [])]
+        owners = {self.frame_batch.get(f) for f in frames}
+        if not frames or len(owners) != 1 or None in owners:
+            raise ValueError(
+                f"frames {frames[:3]}... are not one known batch of block {self.block}"
+            )
+        return self.batches[owners.pop()]
+
+    def _add_batch(self, batch: _Frames) -> None:
+        self.batches[batch.ids[0]] = batch
+        for f in batch.ids:
+            self.frame_batch[f] = batch.ids[0]
+
+    @property
+    def done(self) -> bool:
+        return len(self.kept) + len(self.failed) == self.n_frames
+
+    def result(self) -> SideResult:
+        ids = sorted(self.kept)
+        key = np.concatenate([self.kept[i] for i in ids]) if ids else np.zeros(0, np.uint8)
+        return SideResult(
+            key.astype(np.uint8),
+            ids,
+            sorted(self.failed),
+            int(sum(self.leak[i] for i in ids)),
+            self.verification_bits,
+            self.remainder,
+        )
+
+    def _finish(self, batch: _Frames, frames: list[int], ok: np.ndarray, keys: list) -> None:
+        pos = {f: i for i, f in enumerate(batch.ids)}
+        for f, good, key in zip(frames, ok, keys, strict=True):
+            if good:
+                self.kept[f] = key
+                self.leak[f] = batch.plan.leaked(int(batch.revealed[pos[f]]))
+            else:
+                self.failed.add(f)
+
+
+class ReconcilerAlice(_Side):
+    """Alice's side of one block: syndromes, reveals on request, verification tags."""
+
+    def __init__(
+        self,
+        block: int,
+        qber_estimate: float,
+        *,
+        f_target: float = DEFAULT_F_TARGET,
+        max_reveals: int = DEFAULT_MAX_REVEALS,
+        eps_cor: float = DEFAULT_EPS_COR,
+        batch_frames: int = DEFAULT_BATCH_FRAMES,
+        rng: np.random.Generator | None = None,
+    ) -> None:
+        super().__init__(block, eps_cor)
+        self.qber = check_qber(qber_estimate)
+        self.plan = plan_frame(self.qber, f_target, max_reveals=max_reveals)
+        self.batch_frames = max(1, int(batch_frames))
+        self.rng = rng if rng is not None else np.random.default_rng()
+        self.verifier: VerifierAlice | None = None
+
+    def start(self, bits: np.ndarray) -> list[Message]:
+        """Split ``bits`` into frames and return one ``ldpc_syndrome`` message per batch."""
+        check_bits("alice_bits", bits)
+        plan, code = self.plan, self.plan.code
+        k = plan.key_bits
+        self.n_frames = bits.size // k
+        if self.n_frames == 0:
+            raise ValueError(f"block of {bits.size} bits is shorter than one frame ({k} key bits)")
+        self.remainder = bits[self.n_frames * k :].copy()
+        # fewer frames than the block-wide eps_cor would need: split eps_cor over the frames
+        self.verifier = VerifierAlice(self.eps_cor / self.n_frames, self.rng)
+        punct, _short, key_pos, _ = plan.layout()
+        out = []
+        for first in range(0, self.n_frames, self.batch_frames):
+            ids = list(range(first, min(first + self.batch_frames, self.n_frames)))
+            words = np.zeros((len(ids), code.n), np.uint8)
+            words[:, key_pos] = bits[ids[0] * k : (ids[-1] + 1) * k].reshape(len(ids), k)
+            words[:, punct] = self.rng.integers(0, 2, (len(ids), punct.size), dtype=np.uint8)
+            self._add_batch(_Frames(plan, ids, words, np.zeros(len(ids), np.int64)))
+            syn = np.packbits(code.syndrome(words), axis=1)
+            out.append(
+                {
+                    "type": "ldpc_syndrome",
+                    "block": self.block,
+                    "frames": ids,
+                    "plan": plan.to_wire(),
+                    "qber": self.qber,
+                    "syndromes": syn,
+                }
+            )
+        return out
+
+    def handle(self, msg: Message) -> list[Message]:
+        """React to Bob's message; returns the messages to send back."""
+        kind = msg.get("type")
+        batch = self._batch(msg)
+        frames = [int(f) for f in msg["frames"]]
+        idx = np.array([batch.ids.index(f) for f in frames], dtype=np.int64)
+        if kind == "ldpc_reveal_request":
+            _, _, _, order = batch.plan.layout()
+            step = batch.plan.reveal_step
+            start = batch.revealed[idx]
+            if np.any(start + step > order.size) or np.any(
+                start // max(step, 1) >= batch.plan.max_reveals
+            ):
+                raise ValueError("reveal request beyond the agreed budget")
+            values = np.stack(
+                [batch.words[i, order[s : s + step]] for i, s in zip(idx, start, strict=True)]
+            )
+            batch.revealed[idx] += step
+            return [
+                {
+                    "type": "ldpc_reveal",
+                    "block": self.block,
+                    "frames": frames,
+                    "round": int(msg["round"]),
+                    "values": values,
+                }
+            ]
+        if kind == "ldpc_status":
+            decoded = np.asarray(msg["decoded"], dtype=bool)
+            if decoded.size != len(frames):
+                raise ValueError("ldpc_status has the wrong number of flags")
+            batch.decoded = np.zeros(len(batch.ids), bool)
+            batch.decoded[idx] = decoded
+            for f in np.asarray(frames)[~decoded]:
+                self.failed.add(int(f))
+            ok_frames = [f for f, d in zip(frames, decoded, strict=True) if d]
+            if not ok_frames:
+                return []
+            _, _, key_pos, _ = batch.plan.layout()
+            keys = [batch.words[batch.ids.index(f), key_pos] for f in ok_frames]
+            assert self.verifier is not None
+            return [self.verifier.tags(self.block, ok_frames, keys)]
+        if kind == "verify_result":
+            assert self.verifier is not None
+            outcome = self.verifier.handle_result(msg)
+            self.verification_bits += outcome.public_bits
+            _, _, key_pos, _ = batch.plan.layout()
+            keys = [batch.words[batch.ids.index(f), key_pos] for f in outcome.frames]
+            self._finish(batch, outcome.frames, outcome.ok, keys)
+            return []
+        raise ValueError(f"ReconcilerAlice cannot handle {kind!r}")
+
+
+class ReconcilerBob(_Side):
+    """Bob's side of one block: decodes, asks for reveals, checks Alice's tags."""
+
+    def __init__(self, block: int, *, eps_cor: float = DEFAULT_EPS_COR, max_iter: int = MAX_ITER):
+        super().__init__(block, eps_cor)
+        self.max_iter = max_iter
+        self.verifier = VerifierBob()
+        self.bits: np.ndarray | None = None
+        self._syn: dict[int, np.ndarray] = {}
+        self._llr: dict[int, np.ndarray] = {}
+
+    def start(self, bits: np.ndarray, plan: FramePlan | None = None) -> None:
+        """Keep Bob's bits; frames are cut when Alice's plan arrives."""
+        self.bits = check_bits("bob_bits", bits)
+
+    def handle(self, msg: Message) -> list[Message]:
+        """React to Alice's message; returns the messages to send back."""
+        if self.bits is None:
+            raise ValueError("ReconcilerBob.start(bits) was not called")
+        kind = msg.get("type")
+        if kind == "ldpc_syndrome":
+            return self._on_syndrome(msg)
+        batch = self._batch(msg)
+        frames = [int(f) for f in msg["frames"]]
+        idx = np.array([batch.ids.index(f) for f in frames], dtype=np.int64)
+        if kind == "ldpc_reveal":
+            _, _, _, order = batch.plan.layout()
+            values = np.asarray(msg["values"], dtype=np.uint8)
+            step = batch.plan.reveal_step
+            if values.shape != (len(frames), step):
+                raise ValueError("ldpc_reveal values have the wrong shape")
+            llr = self._llr[batch.ids[0]]
+            for i, v in zip(idx, values, strict=True):
+                pos = order[batch.revealed[i] : batch.revealed[i] + step]
+                llr[i, pos] = SHORTENED_LLR * (1.0 - 2.0 * v)
+                batch.revealed[i] += step
+            return self._decode(batch, idx, int(msg["round"]))
+        if kind == "verify_tags":
+            _, _, key_pos, _ = batch.plan.layout()
+            keys = [batch.words[i, key_pos] for i in idx]
+            reply, outcome = self.verifier.handle_tags(msg, keys)
+            self.verification_bits += outcome.public_bits
+            self._finish(batch, outcome.frames, outcome.ok, keys)
+            return [reply]
+        raise ValueError(f"ReconcilerBob cannot handle {kind!r}")
+
+    def _on_syndrome(self, msg: Message) -> list[Message]:
+        if int(msg["block"]) != self.block:
+            raise ValueError(f"message for block {msg['block']} reached block {self.block}")
+        plan = FramePlan.from_wire(msg["plan"])
+        qber = check_qber(msg["qber"])
+        ids = [int(f) for f in msg["frames"]]
+        code, k = plan.code, plan.key_bits
+        assert self.bits is not None
+        if not ids or (ids[-1] + 1) * k > self.bits.size or ids != list(range(ids[0], ids[-1] + 1)):
+            raise ValueError(f"frames {ids[:3]}... do not fit Bob's {self.bits.size} bits")
+        if any(f in self.frame_batch for f in ids):
+            raise ValueError(f"frames {ids[:3]}... of block {self.block} were already received")
+        self.n_frames = max(self.n_frames, self.bits.size // k)
+        self.remainder = self.bits[(self.bits.size // k) * k :].copy()
+        syn = np.unpackbits(np.asarray(msg["syndromes"], np.uint8), axis=1, count=code.m)
+        if syn.shape != (len(ids), code.m):
+            raise ValueError("ldpc_syndrome: syndromes have the wrong shape")
+        punct, short, key_pos, _ = plan.layout()
+        llr = np.empty((len(ids), code.n), np.float32)
+        llr[:, key_pos] = channel_llr(self.bits[ids[0] * k : (ids[-1] + 1) * k], qber).reshape(
+            len(ids), k
+        )
+        llr[:, punct] = 0.0
+        llr[:, short] = SHORTENED_LLR  # shortened positions hold 0
+        batch = _Frames(
+            plan, ids, np.zeros((len(ids), code.n), np.uint8), np.zeros(len(ids), np.int64)
+        )
+        self._add_batch(batch)
+        self._syn[ids[0]] = syn
+        self._llr[ids[0]] = llr
+        batch.decoded = np.zeros(len(ids), bool)
+        return self._decode(batch, np.arange(len(ids)), 0)
+
+    def _decode(self, batch: _Frames, idx: np.ndarray, round_: int) -> list[Message]:
+        first = batch.ids[0]
+        bits, ok, _ = decode_batch(
+            batch.plan.code, self._llr[first][idx], self._syn[first][idx], max_iter=self.max_iter
+        )
+        batch.words[idx] = bits
+        batch.decoded[idx] = ok
+        retry = idx[~ok]
+        if retry.size and round_ < batch.plan.max_reveals:
+            return [
+                {
+                    "type": "ldpc_reveal_request",
+                    "block": self.block,
+                    "frames": [batch.ids[i] for i in retry],
+                    "round": round_ + 1,
+                }
+            ]
+        for i in np.flatnonzero(~batch.decoded):
+            self.failed.add(batch.ids[i])
+        del self._llr[first], self._syn[first]
+        return [
+            {
+                "type": "ldpc_status",
+                "block": self.block,
+                "frames": batch.ids,
+                "decoded": batch.decoded.astype(np.uint8),
+                "revealed": batch.revealed,
+            }
+        ]
+
+
+@dataclass
+class ReconciliationResult:
+    """Outcome of :func:`reconcile_loopback` (both sides of one block)."""
+
+    alice_key: np.ndarray
+    bob_key: np.ndarray
+    leaked_bits: int
+    verification_bits: int
+    frames: int
+    frames_failed: int
+    alice_remainder: np.ndarray
+    bob_remainder: np.ndarray
+    code: str
+    frame_key_bits: int
+    messages: int
+    bytes_sent: int
+
+
+def reconcile_loopback(
+    alice_bits: np.ndarray,
+    bob_bits: np.ndarray,
+    qber_estimate: float,
+    *,
+    seed: int | None = 0,
+    f_target: float = DEFAULT_F_TARGET,
+    max_reveals: int = DEFAULT_MAX_REVEALS,
+    eps_cor: float = DEFAULT_EPS_COR,
+    batch_frames: int = DEFAULT_BATCH_FRAMES,
+) -> ReconciliationResult:
+    """Reconcile one block with Alice's and Bob's objects talking through a loopback channel.
+
+    ``seed`` seeds Alice's randomness (punctured bits, hash keys); ``None`` draws from the OS.
+    Frames that fail decoding or verification are dropped on both sides; the tail that does not
+    fill a frame comes back as ``alice_remainder`` / ``bob_remainder``.
+    """
+    check_bits("alice_bits", alice_bits)
+    check_bits("bob_bits", bob_bits)
+    if alice_bits.size != bob_bits.size:
+        raise ValueError(
+            f"alice_bits ({alice_bits.size}) and bob_bits ({bob_bits.size}) differ in length"
+        )
+    if alice_bits.size == 0:
+        raise ValueError("empty block")
+    check_qber(qber_estimate)
+    alice = ReconcilerAlice(
+        0,
+        qber_estimate,
+        f_target=f_target,
+        max_reveals=max_reveals,
+        eps_cor=eps_cor,
+        batch_frames=batch_frames,
+        rng=np.random.default_rng(seed),
+    )
+    bob = ReconcilerBob(0, eps_cor=eps_cor)
+    a_end, b_end = loopback_pair()
+    bob.start(bob_bits)
+    for m in alice.start(alice_bits):
+        a_end.send(m)
+    while b_end.pending() or a_end.pending():
+        while b_end.pending():
+            for m in bob.handle(b_end.recv()):
+                b_end.send(m)
+        while a_end.pending():
+            for m in alice.handle(a_end.recv()):
+                a_end.send(m)
+    if not (alice.done and bob.done):
+        raise RuntimeError("reconciliation ended with frames unresolved")
+    ra, rb = alice.result(), bob.result()
+    if ra.kept_frames != rb.kept_frames or ra.leaked_bits != rb.leaked_bits:
+        raise RuntimeError("Alice and Bob disagree on the kept frames")
+    return ReconciliationResult(
+        alice_key=ra.key,
+        bob_key=rb.key,
+        leaked_bits=ra.leaked_bits,
+        verification_bits=ra.verification_bits,
+        frames=alice.n_frames,
+        frames_failed=len(ra.failed_frames),
+        alice_remainder=ra.remainder,
+        bob_remainder=rb.remainder,
+        code=alice.plan.code_name,
+        frame_key_bits=alice.plan.key_bits,
+        messages=a_end.messages_sent + b_end.messages_sent,
+        bytes_sent=a_end.bytes_sent + b_end.bytes_sent,
+    )
