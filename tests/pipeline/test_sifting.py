@@ -1,0 +1,210 @@
+"""Sifting: the numba stage against a plain Python reference, over the real loopback codec."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pipeline.bench.sifting import make_frame, sift_numpy, sift_qnode
+from pipeline.channel import loopback_pair
+from pipeline.sifting import SiftingAlice, SiftingBob, sift_loopback
+
+
+def reference_sift(bob_basis, bob_bit, alice_basis, alice_bit, intensity):
+    """The protocol spelled out event by event (X = 1 is the key basis, Z = 0 the test basis)."""
+    alice_key, bob_key = [], []
+    counts = np.zeros((2, 3), np.int64)
+    errors = np.zeros(3, np.int64)
+    for bb, bv, ab, av, k in zip(
+        bob_basis, bob_bit, alice_basis, alice_bit, intensity, strict=True
+    ):
+        if bb != ab:
+            continue
+        counts[ab, k] += 1
+        if ab == 1:
+            alice_key.append(av)
+            bob_key.append(bv)
+        elif av != bv:
+            errors[k] += 1
+    return np.array(alice_key, np.uint8), np.array(bob_key, np.uint8), counts, errors
+
+
+def random_frame(rng: np.random.Generator, n: int) -> dict[str, np.ndarray]:
+    return {
+        "slot": np.cumsum(rng.integers(1, 1000, n)).astype(np.int64),
+        "bob_basis": rng.integers(0, 2, n).astype(np.uint8),
+        "bob_bit": rng.integers(0, 2, n).astype(np.uint8),
+        "alice_basis": rng.integers(0, 2, n).astype(np.uint8),
+        "alice_bit": rng.integers(0, 2, n).astype(np.uint8),
+        "intensity": rng.integers(0, 3, n).astype(np.uint8),
+    }
+
+
+def run_loopback(f: dict[str, np.ndarray], frame: int = 7):
+    return sift_loopback(
+        frame, f["slot"], f["bob_basis"], f["bob_bit"],
+        f["alice_basis"], f["alice_bit"], f["intensity"],
+    )  # fmt: skip
+
+
+def check_against_reference(f: dict[str, np.ndarray], alice, bob) -> None:
+    ref_a, ref_b, ref_counts, ref_errors = reference_sift(
+        f["bob_basis"], f["bob_bit"], f["alice_basis"], f["alice_bit"], f["intensity"]
+    )
+    np.testing.assert_array_equal(alice.key_bits, ref_a, "Alice's key bits differ")
+    np.testing.assert_array_equal(bob.key_bits, ref_b, "Bob's key bits differ")
+    for side in (alice, bob):
+        np.testing.assert_array_equal(side.counts, ref_counts, "counts differ")
+        np.testing.assert_array_equal(side.test_errors, ref_errors, "test errors differ")
+        assert side.key_bits.dtype == np.uint8
+
+
+@settings(max_examples=60, deadline=None)
+@given(n=st.integers(1, 300), seed=st.integers(0, 2**32 - 1), frame=st.integers(0, 2**40))
+def test_sifting_matches_python_reference(n: int, seed: int, frame: int) -> None:
+    f = random_frame(np.random.default_rng(seed), n)
+    alice, bob = run_loopback(f, frame)
+    assert alice.frame == bob.frame == frame
+    check_against_reference(f, alice, bob)
+
+
+@pytest.mark.parametrize("n", [63, 64, 65, 65536 + 1, 3 * 65536 + 77])
+def test_sifting_across_word_and_chunk_boundaries(n: int) -> None:
+    f = random_frame(np.random.default_rng(n), n)
+    check_against_reference(f, *run_loopback(f))
+
+
+def test_numpy_peer_agrees_with_stage() -> None:
+    frame = make_frame(100_003, seed=3)
+    for x, y in zip(sift_qnode(frame), sift_numpy(frame), strict=True):
+        np.testing.assert_array_equal(x, y)
+
+
+def test_messages_carry_frame_ids_and_bit_planes() -> None:
+    f = random_frame(np.random.default_rng(1), 100)
+    bob, alice = SiftingBob(), SiftingAlice()
+    announce = bob.announce(42, f["slot"], f["bob_basis"], f["bob_bit"])
+    assert announce["type"] == "sift_announce" and announce["frame"] == 42
+    assert announce["basis"].nbytes == 16  # 100 events -> two 64-bit words
+    np.testing.assert_array_equal(
+        np.unpackbits(announce["basis"], bitorder="little", count=100), f["bob_basis"]
+    )
+    np.testing.assert_array_equal(alice.requested_slots(announce), f["slot"])
+    reply, _ = alice.on_announce(announce, f["alice_basis"], f["alice_bit"], f["intensity"])
+    assert reply["type"] == "sift_reply" and reply["frame"] == 42
+    match = np.unpackbits(reply["match"], bitorder="little", count=100).astype(bool)
+    np.testing.assert_array_equal(match, f["bob_basis"] == f["alice_basis"])
+
+
+def test_bob_keeps_several_frames_in_flight() -> None:
+    rng = np.random.default_rng(5)
+    frames = {k: random_frame(rng, 500) for k in (3, 4, 5)}
+    a_end, b_end = loopback_pair()
+    bob, alice = SiftingBob(), SiftingAlice()
+    for k, f in frames.items():
+        b_end.send(bob.announce(k, f["slot"], f["bob_basis"], f["bob_bit"]))
+    replies = {}
+    for _ in frames:
+        msg = a_end.recv()
+        f = frames[msg["frame"]]
+        replies[msg["frame"]], _ = alice.on_announce(
+            msg, f["alice_basis"], f["alice_bit"], f["intensity"]
+        )
+    for k in (5, 3, 4):  # replies may come back in any order
+        result = bob.on_reply(replies[k])
+        ref = reference_sift(*(frames[k][x] for x in ("bob_basis", "bob_bit", "alice_basis", "alice_bit", "intensity")))  # fmt: skip  # noqa: E501
+        np.testing.assert_array_equal(result.key_bits, ref[1])
+    with pytest.raises(ValueError, match="not announced"):
+        bob.on_reply(replies[3])  # a replayed reply is refused
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+def _good():
+    f = random_frame(np.random.default_rng(9), 200)
+    return f, f["slot"], f["bob_basis"], f["bob_bit"]
+
+
+@pytest.mark.parametrize(
+    "change, match",
+    [
+        (lambda s, b, v: (s.astype(np.int32), b, v), "dtype int64"),
+        (lambda s, b, v: (s, b.astype(np.int64), v), "dtype uint8"),
+        (lambda s, b, v: (s, b[:-1], v), "length"),
+        (lambda s, b, v: (s[:0], b[:0], v[:0]), "no events"),
+        (lambda s, b, v: (s, np.where(b == 1, 2, b).astype(np.uint8), v), "0/1"),
+        (lambda s, b, v: (s[::-1].copy(), b, v), "strictly increasing"),
+        (lambda s, b, v: (np.repeat(s[:100], 2), b, v), "strictly increasing"),
+        (lambda s, b, v: (s.reshape(2, 100), b, v), "one-dimensional"),
+        (lambda s, b, v: (list(s), b, v), "numpy array"),
+    ],
+)
+def test_bob_rejects_bad_events(change, match) -> None:
+    _, slot, basis, bit = _good()
+    with pytest.raises(ValueError, match=match):
+        SiftingBob().announce(0, *change(slot, basis, bit))
+
+
+def test_bad_frame_ids_and_duplicates() -> None:
+    _, slot, basis, bit = _good()
+    bob = SiftingBob()
+    for bad in (-1, 1.5, True, "3", None):
+        with pytest.raises(ValueError, match="frame id"):
+            bob.announce(bad, slot, basis, bit)
+    bob.announce(1, slot, basis, bit)
+    with pytest.raises(ValueError, match="already announced"):
+        bob.announce(1, slot, basis, bit)
+
+
+def test_alice_rejects_bad_symbols_and_announcements() -> None:
+    f, slot, basis, bit = _good()
+    announce = SiftingBob().announce(0, slot, basis, bit)
+    alice = SiftingAlice()
+    symbols = (f["alice_basis"], f["alice_bit"], f["intensity"])
+    with pytest.raises(ValueError, match="intensity not 0..2"):
+        alice.on_announce(announce, symbols[0], symbols[1], np.full(200, 3, np.uint8))
+    with pytest.raises(ValueError, match="length"):
+        alice.on_announce(announce, symbols[0][:-1], symbols[1], symbols[2])
+    with pytest.raises(ValueError, match="dtype uint8"):
+        alice.on_announce(announce, symbols[0], symbols[1].astype(bool), symbols[2])
+    for key, value in (
+        ("type", "sift_reply"),
+        ("n", 0),
+        ("n", 201),
+        ("slot", slot[:-1]),
+        ("basis", announce["basis"][:-1]),
+        ("frame", -4),
+    ):
+        with pytest.raises(ValueError):
+            alice.on_announce({**announce, key: value}, *symbols)
+
+
+def test_bob_rejects_inconsistent_replies() -> None:
+    f, slot, basis, bit = _good()
+    bob = SiftingBob()
+    announce = bob.announce(0, slot, basis, bit)
+    reply, _ = SiftingAlice().on_announce(
+        announce, f["alice_basis"], f["alice_bit"], f["intensity"]
+    )
+    past_end = reply["match"].copy()
+    past_end[-1] |= 0x80  # a match flag for event 255 of a 200-event frame
+    both = reply["intensity_lo"] | reply["intensity_hi"]
+    z_detections = sum(reply["test_errors"]) + 1000
+    bad_replies = [
+        ({"match": past_end}, "inconsistent"),
+        ({"intensity_lo": both, "intensity_hi": both}, "inconsistent"),
+        ({"intensity_lo": ~reply["match"]}, "inconsistent"),
+        ({"test_errors": [z_detections, 0, 0]}, "more test errors"),
+        ({"test_errors": [1, 2]}, "3 non-negative"),
+        ({"match": reply["match"][:8]}, "length"),
+        ({"n": 199}, "announced 200"),
+        ({"type": "sift_announce"}, "expected a sift_reply"),
+        ({"frame": 9}, "not announced"),
+    ]
+    for change, match in bad_replies:
+        with pytest.raises(ValueError, match=match):
+            bob.on_reply({**reply, **change})
+    assert bob.on_reply(reply).frame == 0  # the good reply still finishes the frame
