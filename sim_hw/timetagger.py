@@ -82,8 +82,8 @@ class TimeTagger(ScpiDevice):
 
     def reset(self) -> None:
         self.acquiring = False
-        self.threshold_v = [0.5] * N_INPUTS
-        self.delay_ps = [0.0] * N_INPUTS
+        self.threshold_v[:] = [0.5] * N_INPUTS  # in place: the command handlers hold the lists
+        self.delay_ps[:] = [0.0] * N_INPUTS
         self.sync_period_slots = 1 << 20
         self.new_run()
 
@@ -129,7 +129,12 @@ class TimeTagger(ScpiDevice):
         self.acquiring = True
 
     def _stop(self) -> None:
+        """Stop: nothing more is simulated into the buffer, so held-back tags are final."""
         self.acquiring = False
+        if self._held.size:
+            self._pending.append(self._held)
+            self._n_pending += self._held.size
+            self._held = np.empty(0, np.uint64)
 
     def _count(self) -> int:
         if self.acquiring and self._world.realtime:
