@@ -100,6 +100,7 @@ class Acquisition:
         self.running = True
         self.bench = Bench.load(cfg.bench)
         self.faults = 0
+        self.source_settings: dict[str, float] = {}
         self.frames_out = 0
         self.detections = np.zeros(5, np.int64)
         self._last_tel = time.monotonic()
@@ -151,17 +152,28 @@ class Acquisition:
             return {"attenuation_db": self.bench.attenuator.attenuation_db}
         elif cmd == "set_intensities":
             settings = {f"mu_{k}": float(v) for k, v in args.items()}
-            return {k: v[1] for k, v in self.bench.transmitter.apply_all(settings).items()}
+            out = {k: v[1] for k, v in self.bench.transmitter.apply_all(settings).items()}
+            self._read_source_settings()
+            return out
         elif cmd == "set_probabilities":
             settings = {
                 ("p_basis_z" if k == "basis_z" else f"p_{k}"): float(v) for k, v in args.items()
             }
-            return {k: v[1] for k, v in self.bench.transmitter.apply_all(settings).items()}
+            out = {k: v[1] for k, v in self.bench.transmitter.apply_all(settings).items()}
+            self._read_source_settings()
+            return out
         elif cmd == "state":
             return {"paused": self.paused, "frames": self.frames_out, "faults": self.faults}
         else:
             raise ValueError(f"unknown command {cmd!r}")
         return {"paused": self.paused}
+
+    def _read_source_settings(self) -> None:
+        """Alice's intensities and class probabilities (the finite-key bound needs them)."""
+        driver = getattr(self.bench.transmitter, "driver", None)
+        names = ("mu_signal", "mu_decoy", "mu_vacuum", "p_signal", "p_decoy", "p_vacuum",
+                 "p_basis_z", "clock_hz")  # fmt: skip
+        self.source_settings = {n: float(getattr(driver, n)) for n in names if driver is not None}
 
     # -- main loops ----------------------------------------------------------------------------
     def run(self) -> None:
@@ -258,6 +270,7 @@ class Acquisition:
         out.linger = 0
         out.connect(self.eps["symbols"])
         tx = self.bench.transmitter
+        self._read_source_settings()
         # The source's symbol generator key: secret, fresh per run (simulation only; a real
         # transmitter draws from a physical random source and reports its choices).
         tx.set_symbol_key(secrets.randbits(64))
@@ -283,7 +296,8 @@ class Acquisition:
                 self.faults += 1
                 self._instrument("source", "fault", f"{type(exc).__name__}: {exc}")
                 symbols, ok = np.empty(0, np.uint8), False
-            reply = {"frame": header.get("frame"), "ok": ok, "n": int(len(symbols))}
+            reply = {"frame": header.get("frame"), "ok": ok, "n": int(len(symbols)),
+                     "source": self.source_settings}  # fmt: skip
             out.send_multipart([packb(reply), np.ascontiguousarray(symbols, np.uint8)], copy=False)
             self.frames_out += 1
             if ok and faulted:

@@ -126,6 +126,7 @@ class PostProcess:
         self.blocks: dict[int, Any] = {}
         self.next_block = 0
         self.waiting_symbols: dict[int, dict[str, Any]] = {}
+        self.source_settings: dict[str, float] = {}  # Alice: from her acquisition process
         if self.role == "bob":
             self.frames_in = self.ctx.socket(zmq.PULL)
             self.frames_in.rcvhwm = cfg.pipeline.queue_frames
@@ -283,7 +284,7 @@ class PostProcess:
             return
         self._account_sifted(sifted)
         self.sifted[frame] = sifted
-        if sum(s.n_key for s in self.sifted.values()) >= self.block_bits:
+        if sum(s.n_key for s in self.sifted.values()) >= self._close_target():
             frames = list(self.sifted)
             block = self.next_block
             self.next_block += 1
@@ -291,6 +292,19 @@ class PostProcess:
                 self._start_block(block, [self.sifted.pop(f) for f in frames])
             else:
                 self.sifted.clear()
+
+    def _close_target(self) -> int:
+        """Sifted bits that close a block: ``block_bits`` rounded up to whole LDPC frames, so
+        the tail that no LDPC frame carries stays below one event frame's worth."""
+        z = sum(int(s.counts[0].sum()) for s in self.sifted.values())
+        errors = sum(int(s.test_errors.sum()) for s in self.sifted.values())
+        try:
+            from pipeline.block_stages import frame_key_bits
+
+            k = frame_key_bits(errors / z if z else 0.05)
+        except (ImportError, ValueError):
+            return self.block_bits
+        return -(-self.block_bits // k) * k
 
     def _alice_announce(self, msg: dict[str, Any]) -> None:
         try:
@@ -309,6 +323,8 @@ class PostProcess:
                 header = unpackb(bytes(parts[0]))
             except CodecError:
                 continue
+            if isinstance(header.get("source"), dict):
+                self.source_settings = header["source"]
             msg = self.waiting_symbols.pop(header.get("frame"), None)
             if msg is None:
                 continue  # from a dropped epoch
@@ -362,6 +378,7 @@ class PostProcess:
             eps_sec=self.cfg.pipeline.eps_sec,
             eps_cor=self.cfg.pipeline.eps_cor,
             qber_abort=self.cfg.pipeline.qber_abort,
+            source=dict(self.source_settings),
         )
         if isinstance(self.commit, CommitResponder):
             self.commit.expect(block)

@@ -214,6 +214,7 @@ class Link:
 
             opts.workdir = Path(tempfile.mkdtemp(prefix="qnode-link-"))
         self.workdir = opts.workdir
+        self.workdir.mkdir(parents=True, exist_ok=True)
         self.procs: dict[str, subprocess.Popen] = {}
         self.ready: dict[str, dict] = {}
         self.latest: dict[str, dict[str, dict]] = {"alice": {}, "bob": {}}
@@ -328,14 +329,15 @@ class Link:
             time.sleep(0.2)
 
     def stop(self) -> None:
+        """Nodes first (Bob, then Alice), the world last, so no driver loses its instrument."""
         for sub in self.subs.values():
             sub.close()
+        self.subs.clear()
         for name in ("bob", "alice", "world"):
             proc = self.procs.get(name)
             if proc is None or proc.poll() is not None:
                 continue
             proc.send_signal(signal.SIGTERM if name != "world" else signal.SIGINT)
-        for proc in self.procs.values():
             try:
                 proc.wait(20)
             except subprocess.TimeoutExpired:

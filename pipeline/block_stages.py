@@ -1,0 +1,214 @@
+"""The block stages driven for one block: reconciliation (+ verification), estimation, PA.
+
+Messages of one block (all carry ``block``; the runtime adds ``epoch``):
+1. Alice -> ``block_start`` (her source's intensities and class probabilities, which the
+   finite-key bound needs) and the reconciliation messages (:mod:`pipeline.reconciliation`,
+   which also runs verification: a frame is kept by both sides iff Bob decoded it and the
+   verification tags match).
+2. Bob -> ``block_reconciled`` once every LDPC frame is settled: the kept frames and the
+   key-basis error rate that decoding found (``qber_x``).
+3. Alice computes the secret length (Lim 2014 Eq. (1), :func:`pipeline.estimation.key_length`)
+   from the block's counts, with everything disclosed counted as leaked (syndromes minus
+   punctured, revealed bits, verification tags). Bits that were not reconciled (failed frames,
+   the tail that did not fill an LDPC frame) are dropped from the key and the length is reduced by
+   their number: removing ``d`` bits lowers the smooth min-entropy by at most ``d``.
+   Alice -> ``pa_seed`` (:mod:`pipeline.amplification`) or ``block_nokey`` with the reason.
+4. Both hash their reconciled bits with the same Toeplitz seed: the final key.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from pipeline.amplification import PrivacyAmplificationAlice, PrivacyAmplificationBob
+from pipeline.blocks import BlockInput, BlockSide, Message
+from pipeline.estimation import BlockCounts, DecoySettings, binary_entropy, key_length
+from pipeline.ldpc.rate import plan_frame
+from pipeline.reconciliation import ReconcilerAlice, ReconcilerBob
+
+SOURCE_KEYS = ("mu_signal", "mu_decoy", "mu_vacuum", "p_signal", "p_decoy", "p_vacuum")
+
+
+def frame_key_bits(qber: float) -> int:
+    """Key bits per LDPC frame that Alice's reconciler will plan for this QBER estimate."""
+    return plan_frame(min(max(qber, 0.0), 0.5)).key_bits
+
+
+def decoy_settings(source: dict[str, Any], eps_sec: float, eps_cor: float) -> DecoySettings:
+    missing = [k for k in SOURCE_KEYS if k not in source]
+    if missing:
+        raise ValueError(f"source settings lack {missing}")
+    return DecoySettings(
+        mu=tuple(float(source[f"mu_{k}"]) for k in ("signal", "decoy", "vacuum")),
+        p_mu=tuple(float(source[f"p_{k}"]) for k in ("signal", "decoy", "vacuum")),
+        eps_sec=eps_sec,
+        eps_cor=eps_cor,
+    )
+
+
+class _Common(BlockSide):
+    def __init__(self, data: BlockInput) -> None:
+        super().__init__(data)
+        self.counts = BlockCounts.from_counts(data.counts, data.test_errors)
+        self.qber_z = self.counts.qber_z if self.counts.n_z.sum() else 0.5
+
+    def _figures(self, rec: Any, qber_x: float, secret: int, reason: str = "") -> None:
+        res = rec.result()
+        n_kept = int(res.key.size)
+        leaked = int(res.leaked_bits)
+        pulses = self.data.frame_slots * len(self.data.frames)
+        p = [self.data.source.get(f"p_{k}") for k in ("signal", "decoy", "vacuum")]
+        self.figures = {
+            "n_x": int(self.data.key_bits.size),
+            "reconciled_bits": n_kept,
+            "leaked_bits": leaked,
+            "verification_bits": int(res.verification_bits),
+            "ldpc_frames": len(res.kept_frames) + len(res.failed_frames),
+            "ldpc_frames_failed": len(res.failed_frames),
+            "qber": qber_x,
+            "qber_x": qber_x,
+            "qber_z": self.qber_z,
+            "f": leaked / (n_kept * binary_entropy(qber_x)) if n_kept and qber_x > 0 else None,
+            "secret_bits": secret,
+        }
+        for k, name in enumerate(("signal", "decoy", "vacuum")):
+            if p[k]:
+                matched = int(self.data.counts[:, k].sum())
+                self.figures[f"sifted_gain_{name}"] = matched / (pulses * float(p[k]))
+        if reason:
+            self.figures["reason"] = reason
+
+    def _check_abort(self) -> str | None:
+        if self.qber_z > self.data.qber_abort:
+            return f"QBER_Z {self.qber_z:.4f} above {self.data.qber_abort}"
+        return None
+
+
+class AliceBlock(_Common):
+    def start(self) -> list[Message]:
+        reason = self._check_abort()
+        if reason:
+            return self.fail(reason)
+        self.settings = decoy_settings(self.data.source, self.data.eps_sec, self.data.eps_cor)
+        self.rec = ReconcilerAlice(self.data.block, self.qber_z, eps_cor=self.data.eps_cor)
+        start = {"type": "block_start", "block": self.data.block,
+                 **{k: float(self.data.source[k]) for k in SOURCE_KEYS}}  # fmt: skip
+        self._bob_done: Message | None = None
+        return [start, *self.rec.start(self.data.key_bits)]
+
+    def handle(self, msg: Message) -> list[Message]:
+        if msg.get("type") == "block_reconciled":
+            self._bob_done = msg
+        elif msg.get("type") == "block_nokey":
+            return self.fail(f"peer: {msg.get('reason')}")
+        else:
+            out = self.rec.handle(msg)
+            if out:
+                return out
+        if self._bob_done is not None and self.rec.done:
+            return self._amplify(self._bob_done)
+        return []
+
+    def _amplify(self, bob: Message) -> list[Message]:
+        res = self.rec.result()
+        if list(bob.get("kept", [])) != list(res.kept_frames):
+            return self._nokey("kept frames differ between the sides", 0.5)
+        qber_x = float(bob.get("qber_x", 0.5))
+        if not 0.0 <= qber_x <= 0.5:
+            return self._nokey("bad qber_x", 0.5)
+        n_kept = int(res.key.size)
+        dropped = int(self.data.key_bits.size) - n_kept
+        length = key_length(
+            self.counts, self.settings, float(res.leaked_bits + res.verification_bits),
+            qber_x=qber_x, abort_qber=self.data.qber_abort,
+        )  # fmt: skip
+        secret = min(length.length - dropped, n_kept)
+        if length.length == 0 or secret < 1:
+            why = length.reason or f"{dropped} unreconciled bits exceed the secret length"
+            return self._nokey(why, qber_x)
+        message, seed = PrivacyAmplificationAlice().make(self.data.block, n_kept, secret)
+        final = seed.hash(res.key)
+        self._finish_key(final, secret, qber_x)
+        return [message]
+
+    def _nokey(self, reason: str, qber_x: float) -> list[Message]:
+        self._figures(self.rec, qber_x, 0, reason)
+        self.finished = True
+        return [{"type": "block_nokey", "block": self.data.block, "reason": reason}]
+
+    def _finish_key(self, final: np.ndarray, secret: int, qber_x: float) -> None:
+        self._figures(self.rec, qber_x, secret)
+        self._key = np.packbits(final).tobytes()
+        self._meta = _meta(self.data, secret, qber_x, self.figures)
+        self.finished = True
+
+
+class BobBlock(_Common):
+    def start(self) -> list[Message]:
+        reason = self._check_abort()
+        if reason:
+            return self.fail(reason)
+        self.rec = ReconcilerBob(self.data.block, eps_cor=self.data.eps_cor)
+        self.rec.start(self.data.key_bits)
+        self._reported = False
+        self.qber_x = 0.5
+        return []
+
+    def handle(self, msg: Message) -> list[Message]:
+        kind = msg.get("type")
+        if kind == "block_start":
+            self.data.source = {k: float(msg[k]) for k in SOURCE_KEYS}
+            return []
+        if kind == "block_nokey":
+            self._figures(self.rec, self.qber_x, 0, str(msg.get("reason")))
+            self.finished = True
+            return []
+        if kind == "pa_seed":
+            if not self._reported:
+                raise ValueError("pa_seed before the block was reconciled")
+            res = self.rec.result()
+            final = PrivacyAmplificationBob().apply(msg, res.key)
+            self._figures(self.rec, self.qber_x, int(final.size))
+            self._key = np.packbits(final).tobytes()
+            self._meta = _meta(self.data, int(final.size), self.qber_x, self.figures)
+            self.finished = True
+            return []
+        out = self.rec.handle(msg)
+        if self.rec.done and not self._reported:
+            self._reported = True
+            res = self.rec.result()
+            self.qber_x = self._qber_x(res)
+            out = [*out, {"type": "block_reconciled", "block": self.data.block,
+                          "kept": list(res.kept_frames), "qber_x": self.qber_x}]  # fmt: skip
+        return out
+
+    def _qber_x(self, res: Any) -> float:
+        """Errors corrected in the kept frames / kept bits (Bob's raw bits vs decoded)."""
+        k = None
+        errors = total = 0
+        for f in res.kept_frames:
+            batch = self.rec.batches[self.rec.frame_batch[f]]
+            k = batch.plan.key_bits
+            _, _, key_pos, _ = batch.plan.layout()
+            decoded = batch.words[batch.ids.index(f), key_pos]
+            raw = self.data.key_bits[f * k : (f + 1) * k]
+            errors += int(np.count_nonzero(decoded != raw))
+            total += k
+        return errors / total if total else 0.5
+
+
+def _meta(data: BlockInput, secret: int, qber_x: float, figures: dict[str, Any]) -> dict:
+    return {
+        "n_bits": int(secret),
+        "qber": float(qber_x),
+        "n_x": int(data.key_bits.size),
+        "leak_bits": int(figures["leaked_bits"] + figures["verification_bits"]),
+        "eps_sec": data.eps_sec,
+        "eps_cor": data.eps_cor,
+    }
+
+
+def make(role: str, data: BlockInput) -> BlockSide:
+    return AliceBlock(data) if role == "alice" else BobBlock(data)
