@@ -5,7 +5,9 @@
 asserts that every pair was used and no reply was left unread. The adapter subclasses ``Adapter``,
 so locking, logging, block parsing and error translation are the production code paths.
 ``sent``/``reply`` are text without the ``\\n`` terminator, or ``bytes`` taken literally (block
-arguments and binary replies); ``reply=None`` means the command has no answer.
+arguments and binary replies); ``reply=None`` means the command has no answer; an exception
+instance as ``reply`` is raised by the read that follows (a transport failure: a reset peer,
+a timeout), to test error translation and reconnects.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from typing import Any
 
 from drivers.adapter import Adapter
 
-Pair = tuple[str | bytes | None, str | bytes | None]
+Pair = tuple[str | bytes | None, str | bytes | BaseException | None]
 
 
 def _wire(item: str | bytes) -> bytes:
@@ -31,6 +33,8 @@ class ProtocolAdapter(Adapter):
         self.pairs = list(pairs)
         self.index = 0
         self._pending = bytearray()
+        self._failure: BaseException | None = None
+        self.opens = 0
         self._queue_unsolicited()
 
     def _queue_unsolicited(self) -> None:
@@ -40,7 +44,8 @@ class ProtocolAdapter(Adapter):
             self.index += 1
 
     def _open(self) -> None:
-        pass
+        self.opens += 1
+        self._pending.clear()  # a new connection starts with an empty stream
 
     def _close(self) -> None:
         pass
@@ -51,11 +56,19 @@ class ProtocolAdapter(Adapter):
         sent, reply = self.pairs[self.index]
         assert data == _wire(sent), f"pair {self.index}: sent {data!r}, expected {_wire(sent)!r}"
         self.index += 1
-        if reply is not None:
+        if isinstance(reply, BaseException):
+            self._failure = reply
+        elif reply is not None:
             self._pending += _wire(reply)
         self._queue_unsolicited()
 
+    def _raise_failure(self) -> None:
+        if self._failure is not None:
+            failure, self._failure = self._failure, None
+            raise failure
+
     def _take(self, count: int) -> bytes:
+        self._raise_failure()
         if len(self._pending) < count:
             raise TimeoutError(f"read of {count} bytes but only {bytes(self._pending)!r} pending")
         out = bytes(self._pending[:count])
@@ -63,6 +76,7 @@ class ProtocolAdapter(Adapter):
         return out
 
     def _read_line(self) -> bytes:
+        self._raise_failure()
         end = self._pending.find(b"\n")
         if end < 0:
             raise TimeoutError(f"read of a line but only {bytes(self._pending)!r} pending")

@@ -1,42 +1,36 @@
-"""A simulated world for the integration tests: `qnode sim serve --json` in a subprocess.
-
-Drivers reach it only through its real transports (TCP sockets, a pty, ``socket://``); faults are
-switched through the world's control endpoint, as ``qnode sim fault`` does.
+"""A simulated world for the integration tests: ``sim_hw.testing.running_world`` (a
+``qnode sim serve --json`` subprocess). Drivers reach it only through its real transports (TCP
+sockets, a pty, ``socket://``); faults are switched through the world's control endpoint.
 """
 
 from __future__ import annotations
 
 import pytest
 
-from hal.bench import SimConfig, SimWorld, world_request
+from sim_hw.testing import running_world
 
 
-class WorldHandle:
-    """Resources of a running world and its fault switch."""
+class World:
+    """Resources by role (the detector on its pty's stable link) and the fault switch."""
 
-    def __init__(self, sim: SimWorld) -> None:
-        self.sim = sim
-        self.resources = sim.instruments
-        self.control = sim.instruments["control"]
+    def __init__(self, handle) -> None:
+        self.handle = handle
+        self.resources = dict(handle.resources)
+        self.resources["detector"] = handle.pty_links["detector"]  # a drop re-plugs the pty
+        self.resources["detector_socket"] = handle.serial_socket["detector"]
+        self.resources["control"] = handle.control
 
     def inject(self, instrument: str, kind: str, count: int | None = 1, **kw) -> None:
-        world_request(
-            self.control,
-            {"op": "inject", "instrument": instrument, "kind": kind, "count": count, **kw},
-        )
+        self.handle.inject_fault(instrument, kind, count=count, **kw)
 
     def clear(self) -> None:
-        world_request(self.control, {"op": "clear", "instrument": None, "kind": None})
+        self.handle.clear_faults()
 
 
 @pytest.fixture(scope="session")
 def world():
-    sim = SimWorld(SimConfig(preset="gys", seed=7))
-    sim.start()
-    try:
-        yield WorldHandle(sim)
-    finally:
-        sim.stop()
+    with running_world(preset="gys", seed=7) as handle:
+        yield World(handle)
 
 
 @pytest.fixture

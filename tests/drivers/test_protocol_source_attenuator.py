@@ -1,9 +1,16 @@
 """Protocol tests (ordered sent/reply pairs) for the pulse source and the 8156A attenuator."""
 
+import logging
+
 import numpy as np
 import pytest
 
-from drivers.errors import InstrumentCommandError, InstrumentProtocolError
+from drivers.errors import (
+    InstrumentCommandError,
+    InstrumentDisconnected,
+    InstrumentProtocolError,
+    InstrumentTimeout,
+)
 from drivers.keysight_8156a import Keysight8156A
 from drivers.protocol import expected_protocol
 from drivers.pulse_source import PulseSource, split_symbols
@@ -166,3 +173,41 @@ def test_source_bad_blocks(reply, match):
             src.symbols(0, 3)
         assert info.value.device == "source"
         src.adapter._pending.clear()  # the test drains what a real reconnect would discard
+
+
+def test_dropped_connection_reconnects_and_replays_settings():
+    pairs = [
+        (":INP:ATT 3", None),
+        OK,
+        (":INP:ATT?", ConnectionResetError("peer reset")),
+        # reconnect: the remembered setting is replayed (and checked) before the next query
+        (":INP:ATT 3", None),
+        OK,
+        (":INP:ATT?", "3"),
+    ]
+    with expected_protocol(Keysight8156A, pairs, replay_on_reconnect=True) as att:
+        att.attenuation_db = 3
+        with pytest.raises(InstrumentDisconnected) as info:
+            _ = att.attenuation_db
+        assert info.value.command == ":INP:ATT?" and info.value.device == "attenuator"
+        assert att.attenuation_db == 3
+    assert att.adapter.opens == 2 and att.adapter.reconnects == 1
+
+
+def test_timeout_is_named_and_forces_a_fresh_connection():
+    pairs = [("*IDN?", TimeoutError("no reply")), ("*IDN?", "HEWLETT-PACKARD,HP8156A,1,1")]
+    with expected_protocol(Keysight8156A, pairs) as att:
+        with pytest.raises(InstrumentTimeout, match=r"attenuator: .*\*IDN\?"):
+            _ = att.idn
+        assert att.idn.startswith("HEWLETT")
+    assert att.adapter.opens == 2
+
+
+def test_every_exchange_is_logged_at_debug(caplog):
+    pairs = [(":INP:ATT 2", None), OK]
+    with caplog.at_level(logging.DEBUG, logger="qnode.drivers.attenuator"):
+        with expected_protocol(Keysight8156A, pairs) as att:
+            att.attenuation_db = 2
+    lines = [r.getMessage() for r in caplog.records if r.name == "qnode.drivers.attenuator"]
+    assert lines[0].startswith("-> :INP:ATT 2 (") and lines[0].endswith(" us)")
+    assert lines[1].startswith("-> SYST:ERR?") and lines[2].startswith('<- 0,"No error" (')
