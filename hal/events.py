@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+from numba import njit
 
 SYNC_CHANNEL = 0
 DETECTOR_CHANNELS = (1, 2, 3, 4)  # Z0, Z1, X0, X1
@@ -143,23 +144,42 @@ class EventBuilder:
         return ref_slot + k.astype(np.int64), phase, ch
 
     def convert(self, time_ps: np.ndarray, channel: np.ndarray) -> Events:
-        """Turn one time-ordered batch of tags into events (sorted, one per slot)."""
-        slot, phase, ch = self.slots_and_phase(
-            np.asarray(time_ps, np.int64), np.asarray(channel, np.uint8)
-        )
-        inside = np.abs(phase) <= self.timing.gate_ps / 2
-        self.dropped_outside_gate += int(len(slot) - np.count_nonzero(inside))
-        return self.combine(slot[inside], ch[inside])
+        """Turn one time-ordered batch of tags into events (sorted, one per slot).
 
-    def combine(self, slot: np.ndarray, ch: np.ndarray) -> Events:
-        """One event per slot from the clicks of that slot (random bit/basis where ambiguous)."""
+        One numba pass over the tags (``_clicks_per_slot``): sync reference, slot, gate, and
+        the OR of the channels that clicked in each slot; ambiguities are resolved with numpy.
+        """
+        time_ps = np.ascontiguousarray(time_ps, dtype=np.int64)
+        channel = np.ascontiguousarray(channel, dtype=np.uint8)
+        if time_ps.shape != channel.shape or time_ps.ndim != 1:
+            raise ValueError("time_ps and channel must be 1-d arrays of one length")
+        tm = self.timing
+        out_slot = np.empty(len(time_ps), np.int64)
+        out_mask = np.empty(len(time_ps), np.uint8)
+        has_ref = self._last_sync_t is not None
+        n, dropped, unanchored, ordered, has_ref, ref_t, ref_slot = _clicks_per_slot(
+            time_ps, channel, float(tm.period_ps), float(tm.delay_ps - tm.sync_delay_ps),
+            float(tm.gate_ps) / 2, float(tm.sync_period_slots * tm.period_ps),
+            int(tm.sync_period_slots), float(tm.sync_delay_ps), has_ref,
+            int(self._last_sync_t or 0), int(self._last_sync_slot), out_slot, out_mask,
+        )  # fmt: skip
+        if has_ref:
+            self._last_sync_t, self._last_sync_slot = int(ref_t), int(ref_slot)
+        self.dropped_outside_gate += int(dropped)
+        self.unanchored += int(unanchored)
+        slot, mask = out_slot[:n], out_mask[:n]
+        if not ordered:  # clicks of neighbouring slots swapped (gate wider than the period)
+            order = np.argsort(slot, kind="stable")
+            slot, mask = slot[order], mask[order]
+            starts = np.flatnonzero(np.concatenate(([True], slot[1:] != slot[:-1])))
+            slot, mask = slot[starts], np.bitwise_or.reduceat(mask, starts)
+        return self.resolve(slot, mask)
+
+    def resolve(self, slot: np.ndarray, mask: np.ndarray) -> Events:
+        """Events from unique sorted slots and the channel mask (bit c-1 = channel c clicked):
+        random basis for clicks in both bases, random bit for both detectors of one basis."""
         if len(slot) == 0:
             return Events.empty()
-        if np.any(slot[1:] < slot[:-1]):  # jitter can swap neighbouring clicks
-            order = np.argsort(slot, kind="stable")
-            slot, ch = slot[order], ch[order]
-        starts = np.flatnonzero(np.concatenate(([True], slot[1:] != slot[:-1])))
-        mask = np.bitwise_or.reduceat((1 << (ch.astype(np.uint8) - 1)).astype(np.uint8), starts)
         z = mask & 0b0011
         x = (mask >> 2) & 0b0011
         both = (z != 0) & (x != 0)
@@ -173,7 +193,56 @@ class EventBuilder:
         if twin.any():
             bit[twin] = self._rng.integers(0, 2, int(twin.sum()), dtype=np.uint8)
         detector = (1 + 2 * basis + np.where(twin, 0, bit)).astype(np.uint8)
-        return Events(slot[starts], basis, bit, detector, twin | both)
+        return Events(slot, basis, bit, detector, twin | both)
+
+
+@njit(cache=True)
+def _clicks_per_slot(
+    time_ps, channel, period, delay_rel, half_gate, sync_span, sync_period_slots, sync_delay,
+    has_ref, ref_t, ref_slot, out_slot, out_mask,
+):  # fmt: skip
+    """One pass over time-ordered tags: (slot, channel mask) per slot with a click in the gate.
+
+    Times are subtracted as integers before going to float, so picosecond precision holds
+    at any run length. Returns the count written, the clicks dropped outside the gate, those
+    without a sync reference, whether the slots came out sorted, and the sync state.
+    """
+    n = 0
+    dropped = 0
+    unanchored = 0
+    ordered = True
+    for i in range(time_ps.shape[0]):
+        c = channel[i]
+        t = time_ps[i]
+        if c == 0:
+            has_ref = True
+            ref_t = t
+            ref_slot = np.int64(np.floor((t - sync_delay) / sync_span + 0.5)) * sync_period_slots
+            continue
+        if c > 4:
+            continue
+        if has_ref:
+            rel = float(t - ref_t) - delay_rel
+            base = ref_slot
+        else:
+            rel = (float(t) - sync_delay) - delay_rel
+            base = 0
+            unanchored += 1
+        k = np.floor(rel / period + 0.5)
+        if abs(rel - k * period) > half_gate:
+            dropped += 1
+            continue
+        s = base + np.int64(k)
+        bit = np.uint8(1) << np.uint8(c - 1)
+        if n > 0 and out_slot[n - 1] == s:
+            out_mask[n - 1] |= bit
+        else:
+            if n > 0 and s < out_slot[n - 1]:
+                ordered = False
+            out_slot[n] = s
+            out_mask[n] = bit
+            n += 1
+    return n, dropped, unanchored, ordered, has_ref, ref_t, ref_slot
 
 
 @dataclass

@@ -151,3 +151,13 @@ def test_calibration_recovers_phase_and_slot_offset():
     )
     offset, snr = find_slot_offset(ev, symbols, first_slot=0, max_offset=60)
     assert offset == 37 and snr > 10
+
+
+def test_out_of_order_tags_still_give_sorted_unique_slots():
+    timing = TimingConfig(period_ps=PERIOD, gate_ps=300)
+    times = np.array([5000, 3000, 5010, 3000], np.int64)  # slots 5, 3, 5, 3 (not time-ordered)
+    chans = np.array([1, 3, 2, 3], np.uint8)
+    ev = EventBuilder(timing, seed=0).convert(times, chans)
+    assert ev.slot.tolist() == [3, 5]
+    assert (ev.basis[0], ev.bit[0], ev.detector[0], ev.double[0]) == (1, 0, 3, False)
+    assert ev.double[1] and ev.basis[1] == 0 and ev.detector[1] == 1
