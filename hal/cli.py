@@ -41,12 +41,15 @@ def list_instruments(
             warnings.simplefilter("always")
             found = resource_manager().list_resources("?*")
         for note in caught:
+            if issubclass(note.category, ResourceWarning):  # pyvisa-py's own discovery sockets
+                continue
             table.add_row("pyvisa-py", "note", str(note.message)[:100])
     except Exception as exc:  # discovery is best effort: report, go on with the world
         found = ()
         table.add_row("pyvisa-py", "", f"listing failed: {exc!r}")
     for res in found:
         table.add_row("pyvisa-py", "", res)
+    sim = sim or _latest_world()
     if sim:
         from hal.bench import BenchError, attach_world
 
@@ -56,6 +59,25 @@ def list_instruments(
         except BenchError as exc:
             _fail(str(exc))
     Console().print(table)
+
+
+def _latest_world() -> str | None:
+    """Control address of the newest running world (``qnode sim serve`` records its ready line
+    in ``$TMPDIR/qnode-sim-<uid>/latest.json``), if it still answers."""
+    import json
+    import os
+    import tempfile
+    from pathlib import Path
+
+    from hal.bench import BenchError, world_request
+
+    path = Path(tempfile.gettempdir()) / f"qnode-sim-{os.getuid()}" / "latest.json"
+    try:
+        control = json.loads(path.read_text().splitlines()[0])["control"]
+        world_request(control, {"op": "ping"}, timeout_s=0.5)
+    except (OSError, ValueError, KeyError, IndexError, BenchError):
+        return None
+    return control
 
 
 def _adapter(resource: str, timeout_s: float):
