@@ -76,8 +76,10 @@ class SecurityConfig(_Section):
     curve: bool = True
     server_secret: Path | None = None
     clients: list[CurveClient] = Field(default_factory=list)
-    # CURVE public key of the node's telemetry PUB and of the peer KME (when they use CURVE).
+    # CURVE public keys of the node's telemetry hub, of the node's command socket and of the
+    # peer KME, for the sockets where those use CURVE (None: that socket is plain).
     node_server_public: Path | None = None
+    node_command_public: Path | None = None
     peer_kme_public: Path | None = None
 
     @model_validator(mode="after")
@@ -149,6 +151,7 @@ def _resolve_paths(data: dict, base: Path) -> None:
         "server_secret",
         "public_key",
         "node_server_public",
+        "node_command_public",
         "peer_kme_public",
     }
     for name, value in data.items():

@@ -294,7 +294,7 @@ class NodeController:
             if self._node_sock is None:
                 self._node_sock = self.ctx.socket(zmq.DEALER)
                 self._node_sock.linger = 0
-                keys = self._client_keys(self.cfg.security.node_server_public)
+                keys = self._client_keys(self.cfg.security.node_command_public)
                 if keys:
                     pub, sec, srv = keys
                     self._node_sock.curve_publickey = pub
