@@ -13,6 +13,8 @@ A bench file (TOML) is validated with pydantic; unknown keys are refused with th
     [timing]                     # Bob: clock, calibrated delay, gate, frames
     clock_hz = 1e9
 
+Two nodes (two processes) share one world by attaching to it: ``[sim] attach =
+"tcp://127.0.0.1:PORT"`` (the world's control address) in both benches.
 ``Bench.open()`` starts or attaches to the simulated world when asked, opens each role and
 applies its settings (read back and compared). hal never imports sim_hw: the world is a
 subprocess reached through the resources it prints.
@@ -66,6 +68,7 @@ class SimConfig(_Strict):
     link: str | None = None
     distance_km: float | None = Field(None, ge=0)
     seed: int | None = None
+    realtime: bool = False  # never simulate ahead of wall clock x clock rate
     attach: str | None = None  # control address (tcp://host:port) or a file with its --json line
 
 
@@ -184,6 +187,8 @@ class SimWorld:
             cmd += ["--distance", str(self.cfg.distance_km)]
         if self.cfg.seed is not None:
             cmd += ["--seed", str(self.cfg.seed)]
+        if self.cfg.realtime:
+            cmd.append("--realtime")
         return cmd
 
     def start(self) -> dict[str, str]:

@@ -109,10 +109,8 @@ def query(
     timeout_s: float = typer.Option(2.0, "--timeout", help="Seconds to wait for the answer."),
 ) -> None:
     """Send one command; print its reply (queries) or the error-queue entry (SCPI sets)."""
-    from drivers.transports import is_visa_resource
-
     adapter = _adapter(resource, timeout_s)
-    serial_like = not resource.upper().startswith("TCPIP") or not is_visa_resource(resource)
+    serial_like = not resource.upper().startswith("TCPIP")
     try:
         if block:
             payload = adapter.query_block(command)
