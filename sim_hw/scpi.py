@@ -156,7 +156,7 @@ def _block_extent(buf: bytes | bytearray, i: int, max_block: int) -> int | None:
 def definite_block(payload: bytes | bytearray | memoryview) -> bytes:
     """IEEE 488.2 definite-length block ``#<d><len><payload>``."""
     n = str(len(payload)).encode()
-    return b"#" + str(len(n)).encode() + n + bytes(payload)
+    return b"".join((b"#", str(len(n)).encode(), n, memoryview(payload).cast("B")))
 
 
 @dataclass
@@ -449,7 +449,10 @@ class ScpiDevice:
             self.push_error(exc.code, exc.detail)
         if not replies:
             return None
-        return b";".join(replies) + b"\n"
+        parts = [b";"] * (2 * len(replies))
+        parts[::2] = replies
+        parts[-1] = b"\n"
+        return b"".join(parts)  # one copy, however large a block reply is
 
     def _execute_unit(self, unit: Unit, path: list[str], replies: list[bytes]) -> list[str]:
         header = unit.header
