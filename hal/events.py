@@ -295,7 +295,8 @@ def calibrate_phase(
     """Sub-period part of the detection delay (ps, in ``[0, period)``) from the phase peak.
 
     The arrival phase of detections relative to the sync grid peaks at ``delay_ps mod
-    period_ps``; the peak bin's neighbourhood (+/- 10 bins, circular) gives a centroid.
+    period_ps``. The circular mean of the histogram above its median (the flat floor of dark
+    counts) locates the peak without bias, also when it straddles the period boundary.
     """
     probe = EventBuilder(TimingConfig(**{**timing.__dict__, "delay_ps": 0.0}))
     _slot, phase, _ch = probe.slots_and_phase(
@@ -305,12 +306,12 @@ def calibrate_phase(
         raise ValueError("no detections to calibrate the delay with")
     period = timing.period_ps
     counts, left = arrival_phase_histogram(phase, period, bin_ps)
-    peak = int(np.argmax(counts))
-    nb = len(counts)
-    idx = (np.arange(peak - 10, peak + 11)) % nb
-    centres = left[peak] + (np.arange(-10, 11)) * (period / nb) + period / nb / 2
-    weights = counts[idx].astype(np.float64)
-    return float(np.mod(np.sum(weights * centres) / weights.sum(), period))
+    weights = np.maximum(counts - np.median(counts), 0.0)
+    if not weights.any():
+        raise ValueError("the arrival phase shows no peak above the dark-count floor")
+    angle = 2 * np.pi * (left + period / len(counts) / 2) / period
+    mean = np.arctan2(np.sum(weights * np.sin(angle)), np.sum(weights * np.cos(angle)))
+    return float(np.mod(mean * period / (2 * np.pi), period))
 
 
 def find_slot_offset(

@@ -53,8 +53,10 @@ def test_delay_calibration_finds_the_fibre_delay(bench):
     _new_run(bench)
     timing = replace(timing_from_config(bench.config), delay_ps=0.0)
     cal = calibrate_delay(bench.tagger, bench.transmitter, timing, max_delay_ps=300e6)
-    assert cal.offset_slots == round(TRUE_DELAY_PS / timing.period_ps)
-    assert cal.delay_ps == pytest.approx(TRUE_DELAY_PS, abs=20)
+    # The phase may land just below a period boundary: then the whole-slot part is one less.
+    assert cal.offset_slots in (122424, 122425)
+    assert cal.delay_ps == cal.offset_slots * timing.period_ps + cal.phase_ps
+    assert cal.delay_ps == pytest.approx(TRUE_DELAY_PS, abs=10)
     assert cal.peak_over_noise > 8
 
 
