@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 
 N_INPUTS = 5  # 0 = sync, 1-4 = detectors Z0, Z1, X0, X1
 MAX_FETCH = 1 << 24  # tags per fetch: 128 MiB of records
+MAX_PENDING = 1 << 25  # buffered tags (256 MiB); beyond, the oldest are dropped
 FETCH_BUDGET_S = 0.25  # wall time one fetch may spend simulating before it answers
 PULSE_HEIGHT_V = 1.0  # the detectors' output pulses; a threshold above it sees nothing
 RATE_WINDOW_S = 1.0
@@ -75,6 +76,7 @@ class TimeTagger(ScpiDevice):
         self.delay_ps = [0.0] * N_INPUTS
         self.sync_period_slots = 1 << 20
         self.meter = RateMeter()
+        self.overflows = 0  # buffer chunks dropped because nobody fetched them
         self._pending: deque[np.ndarray] = deque()
         self._n_pending = 0
         self._held = np.empty(0, np.uint64)
@@ -212,6 +214,9 @@ class TimeTagger(ScpiDevice):
         if cut:
             self._pending.append(det[:cut])
             self._n_pending += cut
+        while self._n_pending > MAX_PENDING:  # nobody fetches: the oldest tags overflow
+            self._n_pending -= self._pending.popleft().size
+            self.overflows += 1
 
     def _sync_records(
         self, first_slot: int, n_slots: int, period_ps: float, delay_ps: int, seen: bool

@@ -56,7 +56,6 @@ class World:
         self.current_slot = 0
         self.detector_meter = RateMeter()  # clicks per detector, before the tagger's inputs
         self._dirty = True
-        self._chunk_slots = 1 << 20
         self._run_wall_start = time.monotonic()
         self._sim: LinkSimulator | None = None
         self.timetagger = TimeTagger(self)
@@ -133,7 +132,10 @@ class World:
     def advance_chunk(self) -> bool:
         """Simulate the next chunk of slots into the tagger; False if realtime forbids it."""
         sim = self._simulator()
-        n = self._chunk_slots
+        # ~TARGET_CHUNK_TAGS per chunk: big blocks for throughput, bounded memory. p_max bounds
+        # the clicks per slot, so a dark link gets long chunks and a bright one short ones.
+        n = int(TARGET_CHUNK_TAGS / max(sim.p_max, 1e-12))
+        n = max(MIN_CHUNK_SLOTS, min(MAX_CHUNK_SLOTS, n))
         if self.realtime:
             clock_hz = sim.params.source.clock_hz
             allowed = int((time.monotonic() - self._run_wall_start) * clock_hz)
@@ -153,17 +155,7 @@ class World:
         self.detector_meter.record(n * period_ps * 1e-12, counts)
         jitter = sim.params.receiver.jitter_ps
         self.timetagger.ingest(first, n, period_ps, channel, time_ps, jitter, sim.delay_ps)
-        self._adapt_chunk(n, channel.size)
         return True
-
-    def _adapt_chunk(self, n_slots: int, n_tags: int) -> None:
-        """Aim at ~TARGET_CHUNK_TAGS per chunk: big blocks for throughput, bounded memory."""
-        if n_slots < self._chunk_slots:
-            return
-        if n_tags < TARGET_CHUNK_TAGS // 2:
-            self._chunk_slots = min(MAX_CHUNK_SLOTS, self._chunk_slots * 2)
-        elif n_tags > TARGET_CHUNK_TAGS * 2:
-            self._chunk_slots = max(MIN_CHUNK_SLOTS, self._chunk_slots // 2)
 
     def fill_meter(self, meter: RateMeter) -> None:
         """Advance until ``meter`` covers a simulated second, or at least ``MIN_RATE_WINDOW_S``

@@ -424,3 +424,27 @@ def test_unknown_fault_is_refused(world):
         world.inject_fault("source", "explode")
     with pytest.raises(FaultError, match="unknown instrument"):
         world.inject_fault("laser", "drop")
+
+
+def test_realtime_world_never_runs_ahead_of_the_wall_clock():
+    with world_in_thread(preset="gys", seed=4, realtime=True) as rt:
+        src, tt = ScpiClient(rt.resources["source"]), ScpiClient(rt.resources["timetagger"])
+        try:
+            src.write(":CLOC 10 MHZ;:OUTP ON")
+            t_on = time.monotonic()
+            tt.write(":ACQ:STAR")
+            last = -1.0
+            for _ in range(3):
+                time.sleep(0.1)
+                t, c = decode(tt.block(":TAGS:FETC? 1000000"))
+                slot = int(src.query(":SLOT?"))
+                elapsed = time.monotonic() - t_on
+                assert slot <= elapsed * 1e7 + 1, (slot, elapsed)
+                assert slot >= 0.05 * 1e7, "realtime world did not advance"
+                if t.size:
+                    assert t.max() <= elapsed * 1e12 + 1e9  # no tag from the future (+ delay)
+                    assert t.min() >= last
+                    last = float(t.max())
+        finally:
+            src.close()
+            tt.close()
