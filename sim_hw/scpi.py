@@ -103,15 +103,18 @@ class MessageFramer:
 
     A block ``#<d><len><bytes>`` may contain ``\\n``; the framer waits for all ``len`` bytes.
     A header announcing more than ``max_block`` bytes is not treated as a block (the parser then
-    reports a syntax error) so a bad length cannot make the server buffer forever.
+    reports a syntax error), and a message longer than ``max_block + max_text`` is discarded, so
+    bad input cannot make the server buffer forever.
     """
 
     _SPECIAL = re.compile(rb"[\n#]")
 
-    def __init__(self, max_block: int = 1 << 30) -> None:
+    def __init__(self, max_block: int = 1 << 29, max_text: int = 1 << 20) -> None:
         self._buf = bytearray()
         self._pos = 0
         self._max_block = max_block
+        self._max_buffer = max_block + max_text
+        self.discarded = 0  # bytes thrown away because a message grew beyond any limit
 
     def feed(self, data: bytes) -> list[bytes]:
         self._buf += data
@@ -134,6 +137,11 @@ class MessageFramer:
                 self._pos = i
                 break
             self._pos = i + skip
+        if len(buf) > self._max_buffer:  # no terminator in sight: refuse to buffer forever
+            self.discarded += len(buf)
+            log.warning("discarding %d bytes without a message terminator", len(buf))
+            buf.clear()
+            self._pos = 0
         return messages
 
 

@@ -135,6 +135,7 @@ class World:
         # ~TARGET_CHUNK_TAGS per chunk: big blocks for throughput, bounded memory. p_max bounds
         # the clicks per slot, so a dark link gets long chunks and a bright one short ones.
         n = int(TARGET_CHUNK_TAGS / max(sim.p_max, 1e-12))
+        n = min(n, TARGET_CHUNK_TAGS * self.timetagger.sync_period_slots)  # sync tags too
         n = max(MIN_CHUNK_SLOTS, min(MAX_CHUNK_SLOTS, n))
         if self.realtime:
             clock_hz = sim.params.source.clock_hz

@@ -326,3 +326,11 @@ def test_parse_message_rejects_empty_units():
     with pytest.raises(ScpiError) as info:
         list(parse_message(b":A;;:B"))
     assert info.value.code == -102
+
+
+def test_framer_discards_a_message_that_never_ends():
+    framer = MessageFramer(max_block=0, max_text=1000)
+    assert framer.feed(b"x" * 600) == []
+    assert framer.feed(b"y" * 600) == []  # 1200 bytes, no terminator: thrown away
+    assert framer.discarded == 1200
+    assert framer.feed(b"*IDN?\n") == [b"*IDN?"]
