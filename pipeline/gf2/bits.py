@@ -34,8 +34,10 @@ def unpack_bits(words: np.ndarray, n_bits: int) -> np.ndarray:
 
 
 def mask_tail(words: np.ndarray, n_bits: int) -> np.ndarray:
-    """A copy of the first ``words_for(n_bits)`` words with the bits at and beyond n_bits cleared."""
-    out = np.array(words[: words_for(n_bits)], dtype=np.uint64)
+    """``words_for(n_bits)`` words: a copy (zero-extended) with bits at and beyond n_bits cleared."""
+    out = np.zeros(words_for(n_bits), dtype=np.uint64)
+    kept = words[: out.size]
+    out[: kept.size] = kept
     if n_bits % 64:
         out[-1] &= (_ONE << np.uint64(n_bits % 64)) - _ONE
     return out
