@@ -17,6 +17,7 @@ import errno
 import select
 import socket
 import threading
+import time
 
 import serial
 from pyvisa import constants
@@ -25,6 +26,7 @@ from pyvisa.errors import VisaIOError
 from drivers.adapter import Adapter
 from drivers.errors import InstrumentDisconnected, InstrumentError, InstrumentTimeout
 
+_DIRECT_MIN = 1 << 16  # block payloads from this size are read with recv_into
 _RM = None
 _RM_LOCK = threading.Lock()
 
@@ -135,6 +137,32 @@ class VisaAdapter(Adapter):
         if self._peer_closed():
             raise ConnectionResetError("peer closed the connection")
 
+    def _read_payload(self, count: int) -> bytearray:
+        """A large block payload straight from the session's socket into one buffer.
+
+        pyvisa's ``read_bytes`` copies each chunk ~5 times (recv, the session's pending buffer,
+        its slices, ``read_bytes``' accumulator, the final ``bytes``); at 8 MiB per fetch that
+        halves tag throughput. Bytes the session has already received are taken first.
+        """
+        out = bytearray(count)
+        view = memoryview(out)
+        session = self._res.visalib.sessions[self._res.session]
+        pending = session._pending_buffer
+        got = min(len(pending), count)
+        view[:got] = pending[:got]
+        del pending[:got]
+        deadline = time.monotonic() + self.timeout_s
+        sock = self._sock
+        while got < count:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not select.select([sock], [], [], remaining)[0]:
+                raise TimeoutError(f"block payload: {got} of {count} bytes in {self.timeout_s} s")
+            n = sock.recv_into(view[got:], count - got)
+            if n == 0:
+                raise ConnectionResetError(f"peer closed after {got} of {count} block bytes")
+            got += n
+        return out
+
     def _session_buffered(self) -> bool:
         session = self._res.visalib.sessions.get(self._res.session)
         return bool(getattr(session, "_pending_buffer", b""))
@@ -145,6 +173,8 @@ class VisaAdapter(Adapter):
 
     def _read_exact(self, count: int) -> bytes:
         self._await_reply()
+        if self._sock is not None and count >= _DIRECT_MIN:
+            return self._read_payload(count)
         res = self._res
         res.set_visa_attribute(constants.VI_ATTR_TERMCHAR_EN, False)
         try:
