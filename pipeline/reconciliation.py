@@ -151,11 +151,9 @@ class ReconcilerAlice(_Side):
         plan, code = self.plan, self.plan.code
         k = plan.key_bits
         self.n_frames = bits.size // k
-        if self.n_frames == 0:
-            raise ValueError(f"block of {bits.size} bits is shorter than one frame ({k} key bits)")
         self.remainder = bits[self.n_frames * k :].copy()
-        # fewer frames than the block-wide eps_cor would need: split eps_cor over the frames
-        self.verifier = VerifierAlice(self.eps_cor / self.n_frames, self.rng)
+        # eps_cor holds for the whole block: each frame's tag gets eps_cor / frames
+        self.verifier = VerifierAlice(self.eps_cor / max(self.n_frames, 1), self.rng)
         punct, _short, key_pos, _ = plan.layout()
         out = []
         for first in range(0, self.n_frames, self.batch_frames):
@@ -241,9 +239,16 @@ class ReconcilerBob(_Side):
         self._syn: dict[int, np.ndarray] = {}
         self._llr: dict[int, np.ndarray] = {}
 
-    def start(self, bits: np.ndarray, plan: FramePlan | None = None) -> None:
-        """Keep Bob's bits; frames are cut when Alice's plan arrives."""
+    def start(self, bits: np.ndarray, frame_key_bits: int | None = None) -> None:
+        """Keep Bob's bits; frames are cut by the plan in Alice's syndrome messages.
+
+        ``frame_key_bits`` (Alice's ``plan.key_bits``, agreed beforehand) lets Bob know the
+        frame count and remainder before any message, e.g. when no frame fits at all.
+        """
         self.bits = check_bits("bob_bits", bits)
+        if frame_key_bits:
+            self.n_frames = bits.size // frame_key_bits
+            self.remainder = bits[self.n_frames * frame_key_bits :].copy()
 
     def handle(self, msg: Message) -> list[Message]:
         """React to Alice's message; returns the messages to send back."""
@@ -290,9 +295,10 @@ class ReconcilerBob(_Side):
             raise ValueError(f"frames {ids[:3]}... of block {self.block} were already received")
         self.n_frames = max(self.n_frames, self.bits.size // k)
         self.remainder = self.bits[(self.bits.size // k) * k :].copy()
-        syn = np.unpackbits(np.asarray(msg["syndromes"], np.uint8), axis=1, count=code.m)
-        if syn.shape != (len(ids), code.m):
-            raise ValueError("ldpc_syndrome: syndromes have the wrong shape")
+        packed = np.asarray(msg["syndromes"])
+        if packed.dtype != np.uint8 or packed.shape != (len(ids), -(-code.m // 8)):
+            raise ValueError("ldpc_syndrome: syndromes have the wrong shape or type")
+        syn = np.unpackbits(packed, axis=1, count=code.m)
         punct, short, key_pos, _ = plan.layout()
         llr = np.empty((len(ids), code.n), np.float32)
         llr[:, key_pos] = channel_llr(self.bits[ids[0] * k : (ids[-1] + 1) * k], qber).reshape(
@@ -395,7 +401,7 @@ def reconcile_loopback(
     )
     bob = ReconcilerBob(0, eps_cor=eps_cor)
     a_end, b_end = loopback_pair()
-    bob.start(bob_bits)
+    bob.start(bob_bits, alice.plan.key_bits)
     for m in alice.start(alice_bits):
         a_end.send(m)
     while b_end.pending() or a_end.pending():

@@ -32,11 +32,11 @@ FAMILY_CODES = (
     "qc_r0.55_n131072",
     "qc_r0.50_n131072",
 )
-MAX_PUNCTURED = 0.08  # fraction of n; more puncturing makes BP lose too much (Elkouss 2010)
+MAX_PUNCTURED = 0.10  # fraction of n; more puncturing makes BP lose too much (Elkouss 2010)
 MAX_SHORTENED = 0.6  # fraction of n; beyond this the frame carries too little key
 MIN_QBER = 0.005  # below this the plan is made as if Q = 0.5 % (h(Q) -> 0 would ask for R -> 1)
-DEFAULT_F_TARGET = 1.08
-DEFAULT_REVEAL_F_STEP = 0.035
+DEFAULT_F_TARGET = 1.06
+DEFAULT_REVEAL_F_STEP = 0.025
 DEFAULT_MAX_REVEALS = 3
 
 
@@ -128,39 +128,41 @@ def plan_frame(
 ) -> FramePlan:
     """Choose the code and ``(p, s)`` so that ``(m - p) / (k h(Q)) = f_target``.
 
-    Among codes needing at most ``MAX_PUNCTURED`` puncturing (or ``MAX_SHORTENED`` shortening)
-    the one with the least adaptation wins (puncturing weighs double: it hurts BP more).
+    At least ``max_reveals * reveal_step`` positions are punctured, so that every blind round
+    reveals punctured bits (each worth a full bit to the decoder; a revealed key bit is worth
+    only h(Q)); the rest of the adaptation is shortening. Among the codes whose puncturing and
+    shortening stay within ``MAX_PUNCTURED`` / ``MAX_SHORTENED`` the one with the least
+    adaptation wins (Elkouss et al. 2010: small ``d = p + s`` keeps f low), puncturing beyond the
+    reveal budget counting double because it costs BP more than shortening.
     """
     if not 0.0 <= qber_estimate <= 0.5:
         raise ValueError(f"QBER estimate must be in [0, 0.5], got {qber_estimate}")
     if f_target < 1.0:
         raise ValueError(f"target efficiency must be >= 1, got {f_target}")
-    leak_rate = f_target * binary_entropy(max(qber_estimate, MIN_QBER))
-    best: tuple[float, str, int, int] | None = None
+    h = binary_entropy(max(qber_estimate, MIN_QBER))
+    lam = f_target * h  # leaked bits per key bit
+    best: tuple[float, str, int, int, int] | None = None
     for name in codes:
         code = load_code(name)
         n, m = code.n, code.m
-        if leak_rate >= 1.0:
+        if lam >= 1.0:
+            break
+        # the reveal step is a fixed efficiency increment on a nominal full frame
+        step = max(1, math.ceil(reveal_f_step * n * h)) if max_reveals else 0
+        budget = step * max_reveals
+        s = math.floor(n - budget - (m - budget) / lam)
+        if s >= 0:
+            p = budget
+        else:  # too much syndrome even with the reveal budget punctured: puncture more
+            p, s = math.ceil((m - lam * n) / (1.0 - lam)), 0
+        if p > MAX_PUNCTURED * n or s > MAX_SHORTENED * n or n - p - s <= 0:
             continue
-        if m > leak_rate * n:  # too much syndrome: puncture
-            p = math.ceil((m - leak_rate * n) / (1.0 - leak_rate))
-            s = 0
-            if p > MAX_PUNCTURED * n:
-                continue
-            cost = 2.0 * p / n
-        else:  # too little: shorten
-            p = 0
-            s = max(0, math.floor(n - m / leak_rate))
-            if s > MAX_SHORTENED * n:
-                continue
-            cost = s / n
+        cost = (2 * p - budget + s) / n  # puncturing beyond the reveal budget weighs double
         if best is None or cost < best[0]:
-            best = (cost, name, p, s)
+            best = (cost, name, p, s, step)
     if best is None:
         raise ValueError(
             f"QBER estimate {qber_estimate} is outside what the stored codes can reconcile"
         )
-    _, name, p, s = best
-    k = load_code(name).n - p - s
-    step = max(1, math.ceil(reveal_f_step * k * binary_entropy(max(qber_estimate, MIN_QBER))))
+    _, name, p, s, step = best
     return FramePlan(name, p, s, step, max_reveals)

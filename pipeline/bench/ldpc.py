@@ -1,0 +1,127 @@
+"""``qnode perf`` rows for LDPC reconciliation: qnode beside the ``ldpc`` package's BpDecoder.
+
+qnode row: the whole reconciliation of a block through the loopback channel (Alice's syndromes,
+Bob's batched decoding on all cores, blind reveal rounds, verification), timed after a warm-up
+call so compile time is excluded. ``f`` = leaked / (key bits * h(QBER)) with everything disclosed
+by reconciliation counted (syndrome - punctured + revealed; the verification tag is reported in
+``note`` and counted by the finite-key formula). ``fer`` = frames dropped / frames. ``mbps`` =
+sifted key bits of the block / wall time.
+
+Peer rows: ``ldpc.BpDecoder`` (product-sum ``ldpc-ps`` and min-sum ``ldpc-ms``, flooding, one
+thread: the package has no OpenMP in its BP) on the same code, the same plan (punctured bits as
+erasures, shortened bits known) and the first frames of the same block, without blind rounds.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+
+from pipeline.ldpc.rate import binary_entropy, plan_frame
+from pipeline.reconciliation import reconcile_loopback
+
+STAGE = "ldpc"
+QBERS = (0.01, 0.02, 0.04, 0.06, 0.08)
+
+
+def _block(q: float, frames: int, seed: int) -> tuple[np.ndarray, np.ndarray, int]:
+    plan = plan_frame(q)
+    n = frames * plan.key_bits
+    rng = np.random.default_rng(seed)
+    a = rng.integers(0, 2, n, dtype=np.uint8)
+    b = a ^ (rng.random(n) < q).astype(np.uint8)
+    return a, b, plan.key_bits
+
+
+def _qnode_row(q: float, frames: int) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
+    a, b, _ = _block(q, frames, seed=int(q * 1e5))
+    t0 = time.perf_counter()
+    r = reconcile_loopback(a, b, q, seed=1)
+    dt = time.perf_counter() - t0
+    key = r.alice_key.size
+    h = binary_entropy(q)
+    row = {
+        "stage": STAGE,
+        "impl": "qnode",
+        "qber": q,
+        "n": int(r.frame_key_bits and plan_frame(q).code.n),
+        "code": r.code,
+        "f": round(r.leaked_bits / (key * h), 4) if key else None,
+        "fer": round(r.frames_failed / r.frames, 4),
+        "mbps": round(a.size / dt / 1e6, 3),
+        "note": (
+            f"{r.frames} frames, {r.messages} msgs; with tag bits "
+            f"f={(r.leaked_bits + r.verification_bits) / (key * h):.4f}"
+            if key
+            else f"{r.frames} frames, all dropped"
+        ),
+    }
+    return row, a, b
+
+
+def _peer_rows(q: float, a: np.ndarray, b: np.ndarray, frames: int) -> list[dict[str, Any]]:
+    try:
+        from ldpc import BpDecoder
+    except ImportError as exc:  # optional extra [bench]
+        return [
+            {"stage": STAGE, "impl": impl, "qber": q, "missing": f"ldpc not installed ({exc})"}
+            for impl in ("ldpc-ps", "ldpc-ms")
+        ]
+    plan = plan_frame(q)
+    code = plan.code
+    punct, short, key_pos, _ = plan.layout()
+    h_csr = code.to_scipy()
+    probs = np.full(code.n, q)
+    probs[punct] = 0.5  # erasure: LLR 0
+    probs[short] = 1e-9  # known zeros
+    k = plan.key_bits
+    rng = np.random.default_rng(3)
+    rows = []
+    for impl, method in (("ldpc-ps", "product_sum"), ("ldpc-ms", "minimum_sum")):
+        kw = {"ms_scaling_factor": 0.8} if method == "minimum_sum" else {}
+        dec = BpDecoder(h_csr, error_channel=list(probs), max_iter=100, bp_method=method, **kw)
+        ok = 0
+        elapsed = 0.0
+        for i in range(frames):
+            x = np.zeros(code.n, np.uint8)
+            x[key_pos] = a[i * k : (i + 1) * k]
+            x[punct] = rng.integers(0, 2, punct.size, dtype=np.uint8)
+            y = np.zeros(code.n, np.uint8)
+            y[key_pos] = b[i * k : (i + 1) * k]
+            s = ((h_csr @ (x ^ y)) % 2).astype(np.uint8)  # s_A xor H y, outside the timer
+            t0 = time.perf_counter()
+            e = dec.decode(s)
+            elapsed += time.perf_counter() - t0
+            ok += bool(np.array_equal(y ^ e, x))
+        rows.append(
+            {
+                "stage": STAGE,
+                "impl": impl,
+                "qber": q,
+                "n": code.n,
+                "code": plan.code_name,
+                "f": round(plan.leaked(0) / (k * binary_entropy(q)), 4),
+                "fer": round(1 - ok / frames, 4),
+                "mbps": round(frames * k / elapsed / 1e6, 3),
+                "note": f"{frames} frames, 1 thread, no blind rounds",
+            }
+        )
+    return rows
+
+
+def perf_rows(quick: bool = False, stages: list[str] | None = None) -> list[dict[str, Any]]:
+    """One qnode row per QBER plus the ``ldpc`` package's BpDecoder rows beside it."""
+    if stages and STAGE not in stages:
+        return []
+    frames = 2 if quick else 32
+    peer_frames = 1 if quick else 2
+    warm_a, warm_b, _ = _block(0.03, 1, seed=0)
+    reconcile_loopback(warm_a, warm_b, 0.03)  # compile the kernels outside every timer
+    rows: list[dict[str, Any]] = []
+    for q in QBERS:
+        row, a, b = _qnode_row(q, frames)
+        rows.append(row)
+        rows.extend(_peer_rows(q, a, b, peer_frames))
+    return rows

@@ -1,0 +1,163 @@
+"""LDPC codes, rate adaptation and the layered decoder (pipeline.ldpc)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from numba import njit
+
+from pipeline.ldpc import available_codes, channel_llr, decode_batch, load_code
+from pipeline.ldpc.codes import QCCode
+from pipeline.ldpc.construct import FAMILY, base_graph, build_code, lift_shifts
+from pipeline.ldpc.distributions import DISTRIBUTIONS
+from pipeline.ldpc.fastmath import phi
+from pipeline.ldpc.rate import FAMILY_CODES, binary_entropy, plan_frame
+
+
+def small_code(dist: str = "blind_r0.5", n_b: int = 64, z: int = 64, seed: int = 3) -> QCCode:
+    """A 4096-bit QC code built the same way as the stored ones (fast enough for tests)."""
+    rng = np.random.default_rng(seed)
+    base = base_graph(DISTRIBUTIONS[dist], n_b, rng)
+    return QCCode(f"test_{dist}", z, lift_shifts(base, z, rng).astype(np.int16), dist)
+
+
+def four_cycles(shifts: np.ndarray, z: int) -> int:
+    """Count 4-cycles of the lifted graph from the base shifts (pairs of rows and columns)."""
+    count = 0
+    m_b, _ = shifts.shape
+    for r1 in range(m_b):
+        for r2 in range(r1 + 1, m_b):
+            cols = np.flatnonzero((shifts[r1] >= 0) & (shifts[r2] >= 0))
+            d = (shifts[r1, cols].astype(np.int64) - shifts[r2, cols]) % z
+            count += int(d.size - np.unique(d).size)
+    return count
+
+
+def test_stored_family_is_complete_and_consistent():
+    assert set(FAMILY_CODES) <= set(available_codes())
+    for name, dist, n_b, z, _seed in FAMILY:
+        code = load_code(name)
+        assert code.shifts.shape[1] == n_b and code.z == z and code.n == n_b * z
+        assert abs(code.rate - DISTRIBUTIONS[dist].design_rate) < 0.01, name
+        col_deg = (code.shifts >= 0).sum(axis=0)
+        assert col_deg.min() >= 2, f"{name} has a degree<2 column"
+        assert four_cycles(code.shifts, z) == 0, f"{name} has 4-cycles after lifting"
+
+
+def test_syndrome_matches_sparse_matrix_product():
+    code = load_code("qc_r0.80_n131072")
+    h = code.to_scipy()
+    assert h.shape == (code.m, code.n) and h.nnz == code.n_edges
+    x = np.random.default_rng(1).integers(0, 2, (3, code.n), dtype=np.uint8)
+    np.testing.assert_array_equal(code.syndrome(x), (h @ x.T % 2).T.astype(np.uint8))
+    np.testing.assert_array_equal(code.syndrome(x[0]), (h @ x[0] % 2).astype(np.uint8))
+    with pytest.raises(ValueError):
+        code.syndrome(x[:, :-1])
+
+
+def test_codes_regenerate_bit_for_bit():
+    stored = load_code("qc_r0.90_n131072")
+    rebuilt = build_code("qc_r0.90_n131072")
+    np.testing.assert_array_equal(rebuilt["shifts"], stored.shifts)
+
+
+def test_phi_approximation_is_accurate():
+    @njit
+    def run(x):
+        out = np.empty_like(x)
+        for i in range(x.size):
+            out[i] = phi(x[i])
+        return out
+
+    x = np.linspace(1e-4, 12.0, 50_001).astype(np.float32)
+    ref = -np.log(np.tanh(x.astype(np.float64) / 2))
+    err = np.abs(run(x) - ref)
+    assert err.max() < 2e-3, f"phi max abs error {err.max()}"
+    mid = (x > 0.05) & (x < 8)
+    assert (err[mid] / ref[mid]).max() < 1e-3
+
+
+def _frames(code, q, frames, seed):
+    rng = np.random.default_rng(seed)
+    x = rng.integers(0, 2, (frames, code.n), dtype=np.uint8)
+    y = x ^ (rng.random((frames, code.n)) < q).astype(np.uint8)
+    return x, y
+
+
+@pytest.mark.parametrize("method", ["spa", "oms"])
+@pytest.mark.parametrize("q", [0.02, 0.05, 0.07])
+def test_decoder_recovers_alice_on_small_code(method, q):
+    code = small_code()  # R = 0.5, f = 0.5 / h(q) >= 1.36: every frame must decode
+    x, y = _frames(code, q, 8, seed=int(q * 1000))
+    bits, ok, iters = decode_batch(code, channel_llr(y, q), code.syndrome(x), method=method)
+    assert ok.all(), f"{method} failed {np.flatnonzero(~ok)} at q={q}"
+    np.testing.assert_array_equal(bits, x)
+    assert (iters >= 1).all() and (iters < 60).all()
+
+
+@pytest.mark.parametrize("name,q", [("qc_r0.80_n131072", 0.026), ("qc_r0.60_n131072", 0.068)])
+def test_decoder_near_f_1_1_on_stored_codes(name, q):
+    code = load_code(name)
+    f = (1 - code.rate) / binary_entropy(q)
+    assert 1.08 < f < 1.16
+    x, y = _frames(code, q, 2, seed=7)
+    bits, ok, _ = decode_batch(code, channel_llr(y, q), code.syndrome(x), max_iter=100)
+    assert ok.all(), f"{name} failed at f={f:.3f}"
+    np.testing.assert_array_equal(bits, x)
+
+
+@settings(max_examples=12, deadline=None)
+@given(q=st.floats(0.005, 0.2), seed=st.integers(0, 2**32 - 1))
+def test_decoder_success_means_syndrome_satisfied(q, seed):
+    """Whatever the noise, a frame reported as decoded satisfies Alice's syndrome exactly."""
+    code = small_code()
+    x, y = _frames(code, q, 4, seed)
+    syn = code.syndrome(x)
+    bits, ok, _ = decode_batch(code, channel_llr(y, q), syn, max_iter=30)
+    for i in np.flatnonzero(ok):
+        np.testing.assert_array_equal(code.syndrome(bits[i]), syn[i])
+    if q < 0.04:
+        assert ok.all() and np.array_equal(bits, x)
+    if q > 0.15:
+        assert not ok.any()
+
+
+def test_decoder_rejects_bad_shapes():
+    code = small_code()
+    with pytest.raises(ValueError):
+        decode_batch(code, np.zeros((1, code.n - 1), np.float32), np.zeros((1, code.m), np.uint8))
+    with pytest.raises(ValueError):
+        decode_batch(code, np.zeros((2, code.n), np.float32), np.zeros((1, code.m), np.uint8))
+    with pytest.raises(ValueError):
+        decode_batch(
+            code, np.zeros((1, code.n), np.float32), np.zeros((1, code.m), np.uint8), method="x"
+        )
+
+
+@pytest.mark.parametrize("q", [0.0, 0.01, 0.02, 0.04, 0.06, 0.08, 0.11, 0.2])
+def test_rate_plan_hits_target_efficiency(q):
+    plan = plan_frame(q, f_target=1.08)
+    code = plan.code
+    f = plan.leaked(0) / (plan.key_bits * binary_entropy(max(q, 0.005)))
+    assert abs(f - 1.08) < 0.002, f"plan f={f}"
+    assert plan.punctured <= 0.08 * code.n and plan.shortened <= 0.6 * code.n
+    punct, short, key, reveal = plan.layout()
+    allpos = np.concatenate([punct, short, key])
+    assert allpos.size == code.n and np.unique(allpos).size == code.n
+    assert key.size == plan.key_bits
+    np.testing.assert_array_equal(np.sort(reveal[: plan.punctured]), punct)
+    assert plan.leaked(3 * plan.reveal_step) == code.m - plan.punctured + 3 * plan.reveal_step
+
+
+def test_rate_plan_bad_input():
+    for q in (-0.01, 0.51, math.nan):
+        with pytest.raises(ValueError):
+            plan_frame(q)
+    with pytest.raises(ValueError):
+        plan_frame(0.03, f_target=0.9)
+    with pytest.raises(ValueError):
+        plan_frame(0.45)  # beyond what shortening the R = 0.5 code can reach
