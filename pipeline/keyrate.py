@@ -112,9 +112,21 @@ class KeyRateResult:
 
 
 def _finite_rate(
-    ch: Channel, mu, p, q_x, n_x: float, f_ec: float, eps_sec, eps_cor: float, kappa
+    ch: Channel,
+    mu,
+    p,
+    q_x,
+    n_x: float,
+    f_ec: float,
+    eps_sec,
+    eps_cor: float,
+    kappa,
+    exact: bool = False,
 ) -> tuple[Any, Any, Any]:
-    """Rate per pulse (unclamped), key length and QBER for parameter arrays (broadcast)."""
+    """Rate per pulse (unclamped), key length and QBER for parameter arrays (broadcast).
+
+    With ``kappa`` the optimiser uses a fast model-based solve; ``exact`` bisects instead.
+    """
     r = [ch.detection(m) for m in mu]
     e = [ch.error(m) for m in mu]
     per_pulse_x = q_x**2 * sum(pk * rk for pk, rk in zip(p, r, strict=True))
@@ -129,13 +141,66 @@ def _finite_rate(
     if kappa is None:
         bounds = decoy_core(nx, nz, mz, mu, p, eps_sec)
         ell = key_length_core(bounds, leak, eps_sec, eps_cor)
-    else:  # eps_sec = kappa * l: a few fixed-point steps (l depends on it only through logs)
-        ell = np.full(np.shape(q_x), 0.1 * n_x)
-        for _ in range(4):
-            eps = kappa * np.maximum(ell, 1.0)
-            bounds = decoy_core(nx, nz, mz, mu, p, eps)
-            ell = key_length_core(bounds, leak, eps, eps_cor)
+    else:  # eps_sec = kappa * l: l appears on both sides of Eq. (1)
+        args = (nx, nz, mz, mu, p, leak, eps_cor, kappa, np.full(np.shape(q_x), n_x))
+        ell = _bisect_kappa(*args) if exact else _solve_kappa(*args)
     return ell / pulses, ell, qber
+
+
+def _bisect_kappa(nx, nz, mz, mu, p, leak, eps_cor, kappa, n_x) -> Any:
+    """The fixed point l = F(kappa l) by bisection on ln l in [0, ln n_X] (F < n_X; F grows
+    only logarithmically in l, so F(l) - l changes sign once). F(kappa) < 1: no key."""
+
+    def g(ell):
+        eps = kappa * ell
+        return key_length_core(decoy_core(nx, nz, mz, mu, p, eps), leak, eps, eps_cor) - ell
+
+    lo, hi = np.zeros_like(n_x), np.log(n_x)
+    g_lo = g(np.ones_like(n_x))
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        up = g(np.exp(mid)) >= 0
+        lo, hi = np.where(up, mid, lo), np.where(up, hi, mid)
+    return np.where(g_lo >= 0, np.exp(lo), g_lo + 1.0)
+
+
+def _solve_kappa(nx, nz, mz, mu, p, leak, eps_cor, kappa, n_x, refinements: int = 2) -> Any:
+    """Solve l = F(kappa l), F = Eq. (1) at eps_sec = kappa l. F depends on l only through
+    log(21/eps_sec) (the 6 log2 term, the Hoeffding deltas, gamma), nearly linearly in ln l:
+    fit F = a + s ln l on two points, solve the model, refit through the new point, repeat.
+    Where the model has no fixed point the key is negative and max(F - l) guides the optimiser.
+    """
+
+    def f(ell):
+        eps = kappa * np.maximum(ell, 1.0)
+        return key_length_core(decoy_core(nx, nz, mz, mu, p, eps), leak, eps, eps_cor)
+
+    la = np.maximum(0.05 * n_x, 100.0)
+    fa = f(la)
+    fb = f(la / math.e)
+    slope = np.maximum(fa - fb, 0.0)
+    x = la
+    for i in range(refinements + 1):
+        x, gap = _model_root(fa - slope * np.log(la), slope)
+        if i == refinements:
+            break
+        fx = f(np.maximum(x, 1.0))
+        dl = np.log(np.maximum(x, 1.0)) - np.log(la)
+        ok = np.abs(dl) > 1e-6
+        slope = np.where(ok, np.maximum((fx - fa) / np.where(ok, dl, 1.0), 0.0), slope)
+        la, fa = np.where(ok, np.maximum(x, 1.0), la), np.where(ok, fx, fa)
+    return np.where(gap >= 0, x, gap)
+
+
+def _model_root(a: Any, s: Any) -> tuple[Any, Any]:
+    """Largest root of x = a + s ln x (s >= 0) and max_x (a + s ln x - x), which is < 0 when
+    there is no root (attained at x = s)."""
+    s_safe = np.maximum(s, 1e-300)
+    gap = np.where(s > 0, a + s * np.log(s_safe) - s, a)
+    x = np.maximum(a + s * np.log(np.maximum(a, 2.0)), s + 1.0)
+    for _ in range(8):  # Newton on the concave a + s ln x - x, from the right of its maximum
+        x = np.maximum(x - (x - s * np.log(x) - a) / (1.0 - s / x), s * (1.0 + 1e-12))
+    return np.where(gap >= 0, x, gap), gap
 
 
 def _unpack(u: np.ndarray, mu3: float) -> tuple[tuple, tuple, Any]:
@@ -151,24 +216,39 @@ def _unpack(u: np.ndarray, mu3: float) -> tuple[tuple, tuple, Any]:
 
 
 def _optimise_finite(ch, mu3, n_x, f_ec, eps_sec, eps_cor, kappa, starts, samples, seed):
+    """Random search, then Nelder-Mead from the best few points (reference §4.2).
+
+    With eps_sec = kappa l, each local search holds eps_sec at kappa times the exact key length
+    of its starting point: the optimum hardly moves with log(eps_sec), and a fixed eps_sec makes
+    every evaluation a single pass of the bounds.
+    """
     rng = np.random.default_rng(seed)
     u = rng.normal(0.0, 2.0, size=(5, samples))
     rate, _, _ = _finite_rate(ch, *_unpack(u, mu3), n_x, f_ec, eps_sec, eps_cor, kappa)
     rate = np.nan_to_num(rate, nan=-np.inf)
     best_u, best_rate = None, -np.inf
 
-    def objective(x: np.ndarray) -> float:
-        val, _, _ = _finite_rate(ch, *_unpack(x[:, None], mu3), n_x, f_ec, eps_sec, eps_cor, kappa)
-        v = float(val[0])
-        return -v if math.isfinite(v) else 1.0
+    def exact(x: np.ndarray) -> tuple[float, float]:
+        r, ell, _ = _finite_rate(
+            ch, *_unpack(x[:, None], mu3), n_x, f_ec, eps_sec, eps_cor, kappa, exact=True
+        )
+        return float(r[0]), float(ell[0])
 
     for i in np.argsort(rate)[::-1][:starts]:
+        eps = eps_sec if kappa is None else kappa * max(exact(u[:, i])[1], 1.0)
+
+        def objective(x: np.ndarray, eps=eps) -> float:
+            val, _, _ = _finite_rate(ch, *_unpack(x[:, None], mu3), n_x, f_ec, eps, eps_cor, None)
+            v = float(val[0])
+            return -v if math.isfinite(v) else 1.0
+
         res = minimize(
             objective, u[:, i], method="Nelder-Mead",
             options={"xatol": 1e-4, "fatol": 1e-16, "maxiter": 800, "adaptive": True},
         )  # fmt: skip
-        if -res.fun > best_rate:
-            best_rate, best_u = -res.fun, res.x
+        found = exact(res.x)[0] if kappa is not None else -res.fun
+        if found > best_rate:
+            best_rate, best_u = found, res.x
     return best_u
 
 
@@ -205,7 +285,7 @@ def _best_mu1(fn, lo: float = 1e-3, hi: float = 1.5) -> float:
             b = d
         else:
             a = c
-    return (a + b) / 2
+    return float((a + b) / 2)
 
 
 # --------------------------------------------------------------------------- public API
@@ -262,7 +342,7 @@ def expected_key_rate(
         q_x = 1.0 - src.p_basis_z
     rate, ell, qber = _finite_rate(
         ch, tuple(np.array([m]) for m in mu), tuple(np.array([x]) for x in p),
-        np.array([q_x]), n_x, f_ec, eps_sec, eps_cor, k,
+        np.array([q_x]), n_x, f_ec, eps_sec, eps_cor, k, exact=True,
     )  # fmt: skip
     rate, ell, qber = float(rate[0]), float(ell[0]), float(np.ravel(qber)[0])
     pulses = ell / rate if rate != 0 else float("nan")

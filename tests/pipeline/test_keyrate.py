@@ -1,0 +1,162 @@
+"""``qnode keyrate`` and ``expected_key_rate`` against the reference figures (GYS, Lim 2014)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from pipeline.estimation import BlockCounts, DecoySettings, binary_entropy, key_length
+from pipeline.keyrate import Channel, expected_key_rate
+from qnode.cli import _load, app
+from qnode.linkmodel import preset
+
+# standards-and-physics.md §4.1 (GYS, mu = 0.48, nu = 0.1, f = 1.22, q = 1/2)
+GYS_RATES = [
+    (0, 2.555e-03, 2.270e-03),
+    (25, 7.544e-04, 6.670e-04),
+    (50, 2.226e-04, 1.963e-04),
+    (75, 6.435e-05, 5.646e-05),
+    (100, 1.718e-05, 1.482e-05),
+    (125, 3.206e-06, 2.493e-06),
+    (140, 2.465e-07, 0.0),
+]
+FAST = dict(starts=2, samples=500)  # the optimiser, kept short for tests
+
+
+@pytest.mark.parametrize("distance, r_inf, r_vw", GYS_RATES)
+def test_gys_asymptotic_table(distance, r_inf, r_vw) -> None:
+    link = preset("gys").with_distance(distance)
+    assert (link.source.mu_signal, link.source.mu_decoy) == (0.48, 0.1)
+    res = expected_key_rate(link, None, optimise=False)
+    assert res.block is None and res.f_ec == 1.22 and res.mu[0] == 0.48
+    assert res.extra["rate_per_pulse_infinite_decoy"] == pytest.approx(r_inf, rel=2e-3)
+    assert res.rate_per_pulse == pytest.approx(r_vw, rel=2e-3, abs=1e-12)
+    assert res.rate_bps == pytest.approx(res.rate_per_pulse * link.source.clock_hz)
+
+
+def test_gys_optimised_intensity_and_reach() -> None:
+    gys = preset("gys")
+    # reference: mu_opt = 0.486 at 0 km, 0.434 at 140 km; reach 142.21 km (infinite decoys)
+    # and 139.7 km (vacuum + weak decoy nu = 0.1)
+    assert expected_key_rate(gys.with_distance(0)).extra["mu1_infinite_decoy"] == pytest.approx(
+        0.486, abs=0.003
+    )
+    far = expected_key_rate(gys.with_distance(140))
+    assert far.extra["mu1_infinite_decoy"] == pytest.approx(0.434, abs=0.003)
+    inf = "rate_per_pulse_infinite_decoy"
+    assert expected_key_rate(gys.with_distance(141.7)).extra[inf] > 0
+    assert expected_key_rate(gys.with_distance(142.7)).extra[inf] == 0
+    assert expected_key_rate(gys.with_distance(139.2)).rate_per_pulse > 0
+    assert expected_key_rate(gys.with_distance(140.2)).rate_per_pulse == 0
+
+
+def test_lim2014_block_size_figures() -> None:
+    lim = preset("lim2014").with_distance(100)
+    r7 = expected_key_rate(lim, 10**7, **FAST)
+    r9 = expected_key_rate(lim, 10**9, **FAST)
+    # our re-implementation (reference §4.2): 4.77e-5 and 8.54e-5 per pulse; paper ratio ~1.75
+    assert r7.rate_per_pulse == pytest.approx(4.77e-5, rel=0.03)
+    assert r9.rate_per_pulse == pytest.approx(8.54e-5, rel=0.03)
+    assert 1.70 <= r9.rate_per_pulse / r7.rate_per_pulse <= 1.85
+    assert r7.block == 10**7 and r7.key_length > 0 and 0.5 < r7.q_x < 1.0
+    mu1, mu2, mu3 = r7.mu
+    assert mu1 > mu2 + mu3 and mu2 > mu3 == 2e-4
+    assert sum(r7.p_mu) == pytest.approx(1.0)
+
+
+def test_lim2014_small_blocks_reach_beyond_120_km() -> None:
+    lim = preset("lim2014")
+    near = expected_key_rate(lim.with_distance(100), 10**4, **FAST)
+    assert near.rate_per_pulse == pytest.approx(9.9e-7, rel=0.1)
+    far = expected_key_rate(lim.with_distance(121), 10**4, **FAST)
+    assert far.rate_per_pulse > 0, "n_X = 1e4 must still give key beyond 120 km"
+    assert far.p_mu[0] < 0.2, "small-block optimum puts most pulses into the decoys"
+
+
+def test_prediction_for_fixed_settings_matches_the_estimator() -> None:
+    """optimise=False (what the node predicts for its settings) = key_length on expected counts."""
+    link = preset("lim2014").with_distance(50)
+    n_x = 10**6
+    res = expected_key_rate(link, n_x, optimise=False, eps_sec=1e-10, eps_cor=1e-12)
+    src = link.source
+    mu = (src.mu_signal, src.mu_decoy, src.mu_vacuum)
+    p = np.array((src.p_signal, src.p_decoy, src.p_vacuum))
+    q_x = 1 - src.p_basis_z
+    ch = Channel.from_link(link)
+    r = np.array([ch.detection(m) for m in mu])
+    e = np.array([ch.error(m) for m in mu])
+    pulses = n_x / (q_x**2 * p @ r)
+    counts = BlockCounts(
+        n_x=pulses * q_x**2 * p * r,
+        n_z=pulses * (1 - q_x) ** 2 * p * r,
+        m_z=pulses * (1 - q_x) ** 2 * p * e,
+    )
+    qber = (p @ e) / (p @ r)
+    expect = key_length(
+        counts, DecoySettings(mu, tuple(p), 1e-10, 1e-12), 1.16 * n_x * binary_entropy(qber)
+    )
+    assert res.q_x == pytest.approx(q_x) and res.qber == pytest.approx(qber)
+    assert res.key_length == expect.length
+    assert res.rate_per_pulse == pytest.approx(max(expect.value, 0) / pulses, rel=1e-9)
+
+
+def test_bad_arguments_raise() -> None:
+    link = preset("lim2014")
+    for kwargs, match in (
+        (dict(block=0), "block"),
+        (dict(block=2.5), "block"),
+        (dict(block=10**6, eps_sec=2.0), "eps_sec"),
+        (dict(block=10**6, eps_cor=0.0), "eps_cor"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            expected_key_rate(link, **kwargs)
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+@pytest.fixture(scope="module")
+def runner() -> CliRunner:
+    _load()
+    return CliRunner()
+
+
+def test_cli_asymptotic_json(runner) -> None:
+    out = runner.invoke(app, ["keyrate", "--preset", "gys", "--distance", "50", "--json"])
+    assert out.exit_code == 0, out.output
+    data = json.loads(out.stdout)
+    assert data["block"] is None and data["distance_km"] == 50
+    assert data["rate_per_pulse"] == pytest.approx(1.98e-4, rel=0.01)  # mu optimised, nu = 0.1
+    assert data["rate_bps"] == pytest.approx(data["rate_per_pulse"] * 1e9)
+    for key in ("mu", "p_mu", "q_x", "p_basis_z", "qber", "rate_per_pulse_infinite_decoy"):
+        assert key in data
+
+
+def test_cli_finite_json(runner) -> None:
+    args = ["keyrate", "--preset", "lim2014", "--distance", "100", "--block", "1e9", "--json"]
+    out = runner.invoke(app, args)
+    assert out.exit_code == 0, out.output
+    data = json.loads(out.stdout)
+    assert data["block"] == 10**9 and data["distance_km"] == 100
+    assert data["rate_per_pulse"] == pytest.approx(8.54e-5, rel=0.03)
+    assert 0 < data["qber"] < 0.05 and data["p_basis_z"] == pytest.approx(1 - data["q_x"])
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--distance", "10"], "exactly one of"),
+        (["--preset", "gys", "--link", "x.toml", "--distance", "10"], "exactly one of"),
+        (["--preset", "nope", "--distance", "10"], "unknown preset"),
+        (["--preset", "gys", "--distance", "10", "--block", "1e7", "--asymptotic"], "exclude"),
+        (["--preset", "gys", "--distance", "10", "--block", "ten"], "not a number"),
+        (["--link", "/nonexistent/link.toml", "--distance", "10"], "no such link file"),
+    ],
+)
+def test_cli_bad_input(runner, args, message) -> None:
+    out = runner.invoke(app, ["keyrate", *args])
+    assert out.exit_code == 2
+    assert message in out.output
