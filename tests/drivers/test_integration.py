@@ -47,6 +47,11 @@ def test_source_round_trip_and_symbols(clean_world):
         assert src.symbols_for_slots(slots).tolist() == first[[4095, 0, 17]].tolist()
         src.set_random_key(0xC0FFEF)
         assert src.symbols(1000, 4096).tolist() != first.tolist()
+        # A large block (read straight from the socket) agrees with the slot-list query.
+        big = src.symbols(0, 1 << 18)
+        pick = np.array([0, 77, 1 << 17, (1 << 18) - 1], dtype=np.int64)
+        assert src.symbols_for_slots(pick).tolist() == big[pick].tolist()
+        assert set(np.unique(big & 0b1100).tolist()) <= {0, 4, 8}
 
 
 def test_attenuator_out_of_range_is_command_error(clean_world):
