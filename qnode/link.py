@@ -29,7 +29,7 @@ from qnode.codec import packb, unpackb
 from qnode.keystore import KeyStore
 
 # Default post-processing block: small enough that a default run yields keys within a minute.
-DEFAULT_BLOCK_BITS = 200_000
+DEFAULT_BLOCK_BITS = 100_000
 DEFAULT_FRAME_SLOTS = 1 << 24
 
 
