@@ -132,12 +132,21 @@ def query(
 @bench_app.command("check")
 def check(
     bench_file: str = typer.Argument(..., help="Bench TOML file (or a bundled bench's name)."),
+    sim: str = typer.Option(
+        None,
+        "--sim",
+        envvar=SIM_ENV,
+        help="Attach a simulated bench to this running world (control address) instead.",
+    ),
 ) -> None:
     """Identify each role, clear and read its errors, set and read back settings, count rates."""
-    from hal.bench import Bench, BenchError
+    from hal.bench import Bench, BenchError, SimConfig, load_config
 
     try:
-        bench = Bench.load(bench_file)
+        config = load_config(bench_file)
+        if sim and (config.simulated or config.sim is not None):
+            config = config.model_copy(update={"sim": SimConfig(attach=sim)})
+        bench = Bench(config)
         bench.build()
     except BenchError as exc:
         _fail(str(exc))

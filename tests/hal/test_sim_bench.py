@@ -98,6 +98,13 @@ def test_bench_check_passes_on_a_simulated_bench(bench, tmp_path):
     assert "HP8156A" in result.output and "FAIL" not in result.output
 
 
+def test_bench_check_bundled_bench_attached_with_sim_option(bench):
+    control = bench.world.instruments["control"]
+    result = CliRunner().invoke(_cli(), ["bench", "check", "sim_bob", "--sim", control])
+    assert result.exit_code == 0, result.output
+    assert "SPAD-MODULE" in result.output and "TIME-TAGGER" in result.output
+
+
 def test_bench_check_fails_and_names_the_device(bench, tmp_path):
     control = bench.world.instruments["control"]
     world_request(control, {"op": "inject", "instrument": "attenuator", "kind": "error",
