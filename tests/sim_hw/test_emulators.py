@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import serial
 
+from qnode import linkmodel
 from sim_hw import symbols
 from sim_hw.faults import GARBAGE
 from sim_hw.scpi import definite_block
@@ -252,9 +253,8 @@ def test_fetch_speed_is_not_limited_by_packing(world):
 # --- detector (serial) ---------------------------------------------------------------------
 
 
-@pytest.fixture(params=["pty", "socket"])
-def detector(request, world):
-    if request.param == "pty":  # the link names the live pty even after a drop test
+def _open_detector(world, transport: str):
+    if transport == "pty":  # the link names the live pty even after a drop test
         port = serial.Serial(world.pty_links["detector"][4:-7], timeout=TIMEOUT_S)
     else:
         port = serial.serial_for_url(world.serial_socket["detector"][4:-7], timeout=TIMEOUT_S)
@@ -265,6 +265,22 @@ def detector(request, world):
         assert reply.endswith(b"\n"), f"no reply to {line!r}"
         return reply[:-1].decode()
 
+    return ask, port
+
+
+@pytest.fixture(params=["pty", "socket"])
+def detector(request, world):
+    """The detector module's line protocol over both serial transports."""
+    ask, port = _open_detector(world, request.param)
+    yield ask
+    ask("*RST")
+    port.close()
+
+
+@pytest.fixture
+def detector_pty(world):
+    """The module over its pty only, for tests of the physics its settings drive."""
+    ask, port = _open_detector(world, "pty")
     yield ask
     ask("*RST")
     port.close()
@@ -301,7 +317,8 @@ def test_detector_line_protocol(detector):
     assert detector("ERROR?") == "0,No error"
 
 
-def test_detector_settings_reach_the_tagger(detector, running):
+def test_detector_settings_reach_the_tagger(detector_pty, running):
+    detector = detector_pty
     _, _, tt = running
     assert float(tt.query(":COUN:RATE? 2")) > 1e4
     assert detector("CHANNEL 2") == "OK" and detector("BIAS:VOLTAGE 0") == "OK"
@@ -316,7 +333,8 @@ def test_detector_settings_reach_the_tagger(detector, running):
     assert count == pytest.approx(freq * 0.2, rel=0.02)
 
 
-def test_detector_regulation_off_stops_clicks(detector, running):
+def test_detector_regulation_off_stops_clicks(detector_pty, running):
+    detector = detector_pty
     _, _, tt = running
     assert detector("CHANNEL 4") == "OK" and detector("REG:RUN FALSE") == "OK"
     assert detector("REG:STATE?") == "OFF"
@@ -327,6 +345,34 @@ def test_detector_regulation_off_stops_clicks(detector, running):
         assert time.monotonic() < deadline, "regulation never locked again"
         time.sleep(0.05)
     assert int(detector("REG:MEASURED_TEMP?")) == pytest.approx(-40000, abs=500)
+
+
+def test_detector_dead_time_caps_the_click_rate(detector_pty, running):
+    _, _, tt = running
+    assert float(tt.query(":COUN:RATE? 1")) > 2e5
+    assert detector_pty("CHANNEL ALL") == "OK" and detector_pty("DEADTIME:TIME 100000") == "OK"
+    capped = float(tt.query(":COUN:RATE? 1"))
+    assert 0 < capped <= 1e4, capped  # one click per 100 us at most
+
+
+def test_detections_follow_alices_symbols(running, world):
+    """Basis-matched clicks carry Alice's bit (error ~ misalignment): the key reaches physics."""
+    src, _, tt = running
+    t, c = decode(tt.block(":TAGS:FETC? 200000"))
+    t, c = t[c > 0].astype(np.int64), c[c > 0]
+    delay_ps = 25 * linkmodel.FIBRE_DELAY_PS_PER_KM
+    slots = np.rint((t - delay_ps) / 1000.0).astype("<i8")  # 1 GHz clock: 1000 ps per slot
+    sym = np.frombuffer(src.block(b":SYMB:LIST? " + definite_block(slots.tobytes())), np.uint8)
+    alice_basis, alice_bit, _ = symbols.decode(sym)
+    bob_basis, bob_bit = (c - 1) // 2, (c - 1) % 2
+    matched = alice_basis == bob_basis
+    assert 0.4 < matched.mean() < 0.6, matched.mean()
+    qber = float((alice_bit[matched] != bob_bit[matched]).mean())
+    assert 0.01 < qber < 0.06, qber  # gys: 3.3 % misalignment plus a little dark noise
+    wrong = symbols.symbols_for_slots(0xDEADBEEE, slots, 0.5, 0.8, 0.1)
+    w_basis, w_bit, _ = symbols.decode(wrong)
+    w_matched = w_basis == bob_basis
+    assert float((w_bit[w_matched] != bob_bit[w_matched]).mean()) > 0.4  # another key: noise
 
 
 # --- faults on the wire --------------------------------------------------------------------
