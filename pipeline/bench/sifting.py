@@ -87,7 +87,7 @@ def perf_rows(quick: bool = False, stages: list[str] | None = None) -> list[dict
     """One qnode row and one numpy row on the same frame (compile time excluded)."""
     if stages is not None and STAGE not in stages:
         return []
-    n = 2_000_000 if quick else 50_000_000
+    n = 2_000_000 if quick else 20_000_000
     frame = make_frame(n)
     sift_qnode(make_frame(1000, seed=1))  # warm up: numba compile / cache load
     reps = 2 if quick else 3

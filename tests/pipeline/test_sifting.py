@@ -208,3 +208,14 @@ def test_bob_rejects_inconsistent_replies() -> None:
         with pytest.raises(ValueError, match=match):
             bob.on_reply({**reply, **change})
     assert bob.on_reply(reply).frame == 0  # the good reply still finishes the frame
+
+
+def test_perf_rows_measure_both_impls_on_the_same_frame() -> None:
+    from pipeline.bench.sifting import perf_rows
+
+    assert perf_rows(quick=True, stages=["toeplitz"]) == []
+    rows = perf_rows(quick=True, stages=["sifting"])
+    assert [r["impl"] for r in rows] == ["qnode", "numpy"]
+    for row in rows:
+        assert row["stage"] == "sifting" and row["agree"] is True and "note" not in row
+        assert row["events_per_s"] > 0 and row["n"] == rows[0]["n"]
