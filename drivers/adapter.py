@@ -167,7 +167,8 @@ class Adapter(ABC):
                     self.open()
                 except InstrumentDisconnected as exc:
                     last = exc
-                    time.sleep(self.reconnect_delay_s * (2**attempt))
+                    if attempt + 1 < self.reconnect_attempts:  # back off: 1x, 2x, 4x ...
+                        time.sleep(self.reconnect_delay_s * (2**attempt))
                     continue
                 self.reconnects += 1
                 self.log.info("reconnected to %s (attempt %d)", self.resource, attempt + 1)
@@ -195,10 +196,9 @@ class Adapter(ABC):
             self.open()
 
     def _fail(self, exc: BaseException, command: str) -> InstrumentError:
+        """The named exception for a failed exchange (anything else is re-raised as it is)."""
         named = exc if isinstance(exc, InstrumentError) else self._translate(exc, command)
         if named is None:
-            raise exc
-        if not isinstance(named, InstrumentError):
             raise exc
         # Timeouts, drops and garbage leave the byte stream in an unknown state.
         self._broken = True
