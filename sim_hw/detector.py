@@ -25,6 +25,7 @@ point while regulation runs and toward 25 °C when it does not.
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Callable
@@ -38,6 +39,8 @@ from sim_hw.scpi_params import ScpiError
 if TYPE_CHECKING:
     from qnode.linkmodel import ReceiverParams
     from sim_hw.world import World
+
+log = logging.getLogger(__name__)
 
 N_DETECTORS = 4
 AMBIENT_MC = 25_000
@@ -152,9 +155,12 @@ class DetectorModule:
             return None
         try:
             reply = self._dispatch(line)
-        except ScpiError as exc:
-            self.last_error = (exc.code, exc.text)
-            reply = f"ERROR {exc.code},{exc.text}"
+        except Exception as exc:  # a bug must not take the module down: report it as -200
+            error = exc if isinstance(exc, ScpiError) else ScpiError(-200, type(exc).__name__)
+            if not isinstance(exc, ScpiError):
+                log.exception("detector: %r failed", line)
+            self.last_error = (error.code, error.text)
+            reply = f"ERROR {error.code},{error.text}"
         return reply.encode() + b"\n"
 
     def report_injected_error(self, code: int, text: str, reply: bytes | None) -> bytes | None:

@@ -57,9 +57,8 @@ class PulseSource(ScpiDevice):
     def reset(self) -> None:
         self.values = {field: float(getattr(self._defaults, field)) for _, field, _, _ in _SETTINGS}
         self.key = 0
-        was_on, self.output = self.output, False
-        if was_on:
-            self._world.settings_changed()
+        self.output = False
+        self._world.settings_changed()
 
     def build(self, tree: CommandTree) -> None:
         for header, field, param, frozen in _SETTINGS:
@@ -81,8 +80,7 @@ class PulseSource(ScpiDevice):
         if frozen and self.output:
             raise ScpiError(-221, f"{field} cannot change while the output is on")
         self.values[field] = value
-        if self.output:
-            self._world.settings_changed()
+        self._world.settings_changed()  # the clock drives sync tags even with the output off
 
     def _set_key(self, key: int) -> None:
         if self.output:

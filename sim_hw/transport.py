@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import socket
 import tty
 from typing import Protocol
 
@@ -95,8 +96,6 @@ class TcpEndpoint:
         self._writers.add(writer)
         sock = writer.get_extra_info("socket")
         if sock is not None:
-            import socket
-
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         try:
             dropped = await serve_session(self.device, reader, writer)

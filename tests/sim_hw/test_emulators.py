@@ -196,6 +196,15 @@ def test_attenuation_and_shutter_change_the_taggers_count_rate(running):
 # --- time tagger ---------------------------------------------------------------------------
 
 
+def test_the_sources_clock_drives_the_sync_rate(client):
+    src, tt = client("source"), client("timetagger")
+    src.write("*RST;:CLOC 500 MHZ")  # output off: the clock still runs
+    tt.write("*RST;:SYNC:PER 1024")
+    assert float(tt.query(":COUN:RATE? 0")) == pytest.approx(5e8 / 1024, rel=1e-3)
+    src.write("*RST")
+    tt.write("*RST")
+
+
 def test_tags_are_records_in_time_order_with_sync_on_channel_zero(running, world):
     _, _, tt = running
     assert tt.query("*IDN?").startswith("QNODE,TIME-TAGGER,")
