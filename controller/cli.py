@@ -63,6 +63,15 @@ def register(app: typer.Typer) -> None:
     def controller(
         config: Path = typer.Option(..., "--config", help="CONTROLLER.toml"),
         ready_file: Path = typer.Option(None, "--ready-file", help="Write endpoints as JSON."),
+        node_telemetry: str = typer.Option(
+            None, "--node-telemetry", help="Override telemetry.node_endpoint (the node's hub)."
+        ),
+        node_command: str = typer.Option(
+            None, "--node-command", help="Override control.node_endpoint (node command socket)."
+        ),
+        hub: str = typer.Option(
+            None, "--hub", help="Publish alarms into this hub-internal endpoint (connect mode)."
+        ),
         verbose: bool = typer.Option(False, "--verbose", "-v"),
     ) -> None:
         """Run a node controller: state, ETSI 014 key delivery, control and management."""
@@ -73,8 +82,16 @@ def register(app: typer.Typer) -> None:
             level=logging.DEBUG if verbose else logging.INFO,
             format="%(asctime)s %(name)s %(levelname)s %(message)s",
         )
+        overrides = {
+            "telemetry.node_endpoint": node_telemetry,
+            "control.node_endpoint": node_command,
+            "telemetry.publish": hub,
+            "telemetry.publish_mode": "connect" if hub else None,
+        }
         try:
-            run_controller(config, ready_file)
+            run_controller(
+                config, ready_file, {k: v for k, v in overrides.items() if v is not None}
+            )
         except ConfigError as exc:
             typer.echo(str(exc), err=True)
             raise typer.Exit(2) from None

@@ -14,17 +14,28 @@ Design (see docs/controller.md, "How the two KMEs agree"):
   channel, no key material on the wire), checks them, and records delivery in ``kms_delivered``
   (primary key = key ID) before returning the bytes: each key reaches the slave once.
 The pool only reads ``key_blocks`` (owned by the node runtime) and never logs key material.
+
+Durability: the database runs with ``synchronous=FULL`` (a key handed out survives power loss
+as "issued", or the same bits could be cut again after a crash). An fsync per request would cap
+the KME at a few hundred requests per second, so writes go through one writer thread that
+*group-commits*: all requests waiting at that moment run in one ``BEGIN IMMEDIATE`` transaction,
+each inside its own SAVEPOINT (one request failing does not touch the others), and no caller
+gets its keys before the COMMIT that records them returned.
 """
 
 from __future__ import annotations
 
 import base64
+import queue
 import sqlite3
 import threading
 import time
 import uuid
+from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 KEY_ID_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "urn:qnode:kms:key-id")
 
@@ -172,6 +183,9 @@ class KeyPool:
         self._guarded = False
         self._conn().executescript(_SCHEMA)
         self._has_key_blocks(self._conn())
+        self._ops: queue.SimpleQueue[tuple[Callable[[sqlite3.Connection], Any], Future] | None]
+        self._ops = queue.SimpleQueue()
+        self._writer: threading.Thread | None = None
 
     # -- connections -------------------------------------------------------------------------
     def _conn(self) -> sqlite3.Connection:
@@ -180,6 +194,7 @@ class KeyPool:
             conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             conn.execute(f"PRAGMA busy_timeout={int(self._busy_timeout_ms)}")
             conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")
             self._local.conn = conn
             with self._lock:
                 self._all.append(conn)
@@ -187,10 +202,73 @@ class KeyPool:
 
     def close(self) -> None:
         with self._lock:
+            writer, self._writer = self._writer, None
+        if writer is not None:
+            self._ops.put(None)
+            writer.join(10)
+        with self._lock:
             for conn in self._all:
                 conn.close()
             self._all.clear()
         self._local = threading.local()
+
+    # -- group commit ------------------------------------------------------------------------
+    def _submit(self, op: Callable[[sqlite3.Connection], Any]) -> Future:
+        """Queue ``op(conn)`` for the writer thread's next group commit; its Future."""
+        with self._lock:
+            if self._writer is None:
+                self._writer = threading.Thread(target=self._write_loop, daemon=True)
+                self._writer.start()
+        done: Future = Future()
+        self._ops.put((op, done))
+        return done
+
+    def _write(self, op: Callable[[sqlite3.Connection], Any]) -> Any:
+        """Run ``op(conn)`` atomically in a group commit and wait for it."""
+        return self._submit(op).result()
+
+    def _write_loop(self, max_batch: int = 256) -> None:
+        conn = self._conn()
+        while True:
+            item = self._ops.get()
+            if item is None:
+                return
+            batch = [item]
+            while len(batch) < max_batch:
+                try:
+                    nxt = self._ops.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    self._ops.put(None)  # finish this batch, then stop
+                    break
+                batch.append(nxt)
+            outcomes: list[tuple[Future, Any, BaseException | None]] = []
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                for op, done in batch:
+                    conn.execute("SAVEPOINT kms_op")
+                    try:
+                        result = op(conn)
+                    except Exception as exc:
+                        conn.execute("ROLLBACK TO kms_op")
+                        conn.execute("RELEASE kms_op")
+                        outcomes.append((done, None, exc))
+                    else:
+                        conn.execute("RELEASE kms_op")
+                        outcomes.append((done, result, None))
+                conn.execute("COMMIT")
+            except Exception as exc:  # the whole batch failed to commit: nobody gets keys
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                for _, done in batch:
+                    done.set_exception(exc)
+                continue
+            for done, result, error in outcomes:
+                if error is not None:
+                    done.set_exception(error)
+                else:
+                    done.set_result(result)
 
     def _has_key_blocks(self, conn: sqlite3.Connection) -> bool:
         if self._guarded:
@@ -226,45 +304,48 @@ class KeyPool:
 
     def issue(self, master_sae: str, slave_sae: str, number: int, size_bits: int) -> list[Key]:
         """Cut ``number`` keys of ``size_bits`` for the pair and record them; all or nothing."""
+        return self.issue_future(master_sae, slave_sae, number, size_bits).result()
+
+    def issue_future(self, master_sae: str, slave_sae: str, number: int, size_bits: int) -> Future:
+        """``issue`` without waiting: a Future of the keys (for asyncio callers)."""
         if number < 1 or size_bits <= 0 or size_bits % 8:
             raise ValueError("number must be >= 1 and size a positive multiple of 8")
         size = size_bits // 8
-        conn = self._conn()
+        return self._submit(lambda conn: self._issue(conn, master_sae, slave_sae, number, size))
+
+    def _issue(
+        self, conn: sqlite3.Connection, master_sae: str, slave_sae: str, number: int, size: int
+    ) -> list[Key]:
         now = time.time_ns()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            cuts: list[tuple[str, int]] = []
-            cursor_updates: dict[str, int] = {}
-            for block_id, total, used in self._share_blocks(conn, size):
-                while used + size <= total and len(cuts) < number:
-                    cuts.append((block_id, used))
-                    used += size
-                cursor_updates[block_id] = used
-                if len(cuts) == number:
-                    break
-            if len(cuts) < number:
-                raise InsufficientKeys(
-                    f"insufficient key material: {len(cuts)} of {number} keys of {size_bits} bits"
-                )
-            keys: list[Key] = []
-            for block_id, offset in cuts:
-                key_id = derive_key_id(block_id, offset, size)
-                conn.execute(
-                    "INSERT INTO kms_issued (key_id, block_id, offset_bytes, size_bytes, "
-                    "master_sae, slave_sae, issued_ns) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (key_id, block_id, offset, size, master_sae, slave_sae, now),
-                )
-                keys.append(Key(key_id, self._read(conn, block_id, offset, size)))
-            conn.executemany(
-                "INSERT INTO kms_block_use (block_id, used_bytes) VALUES (?, ?) "
-                "ON CONFLICT(block_id) DO UPDATE SET used_bytes = excluded.used_bytes",
-                list(cursor_updates.items()),
+        # Runs inside the writer's transaction, in this request's own savepoint.
+        cuts: list[tuple[str, int]] = []
+        cursor_updates: dict[str, int] = {}
+        for block_id, total, used in self._share_blocks(conn, size):
+            while used + size <= total and len(cuts) < number:
+                cuts.append((block_id, used))
+                used += size
+            cursor_updates[block_id] = used
+            if len(cuts) == number:
+                break
+        if len(cuts) < number:
+            raise InsufficientKeys(
+                f"insufficient key material: {len(cuts)} of {number} keys of {size * 8} bits"
             )
-            conn.execute("COMMIT")
-            return keys
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
+        keys: list[Key] = []
+        for block_id, offset in cuts:
+            key_id = derive_key_id(block_id, offset, size)
+            conn.execute(
+                "INSERT INTO kms_issued (key_id, block_id, offset_bytes, size_bytes, "
+                "master_sae, slave_sae, issued_ns) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (key_id, block_id, offset, size, master_sae, slave_sae, now),
+            )
+            keys.append(Key(key_id, self._read(conn, block_id, offset, size)))
+        conn.executemany(
+            "INSERT INTO kms_block_use (block_id, used_bytes) VALUES (?, ?) "
+            "ON CONFLICT(block_id) DO UPDATE SET used_bytes = excluded.used_bytes",
+            list(cursor_updates.items()),
+        )
+        return keys
 
     @staticmethod
     def _read(conn: sqlite3.Connection, block_id: str, offset: int, size: int) -> bytes:
@@ -280,7 +361,6 @@ class KeyPool:
         """Coordinates of keys this KME issued (served to the peer KME); unknown IDs omitted."""
         conn = self._conn()
         records: list[KeyRecord] = []
-        now = time.time_ns()
         for key_id in key_ids:
             row = conn.execute(
                 "SELECT key_id, block_id, offset_bytes, size_bytes, master_sae, slave_sae "
@@ -289,9 +369,6 @@ class KeyPool:
             ).fetchone()
             if row is not None:
                 records.append(KeyRecord(*row))
-                conn.execute(
-                    "UPDATE kms_issued SET peer_looked_up_ns = ? WHERE key_id = ?", (now, key_id)
-                )
         return records
 
     # -- slave side (dec_keys) ---------------------------------------------------------------
@@ -329,45 +406,40 @@ class KeyPool:
                 or r.offset_bytes < 0
             ):
                 raise KeysNotFound("one or more keys specified are not found on KME")
-        conn = self._conn()
+        return self._write(lambda conn: self._deliver(conn, ordered))
+
+    def _deliver(self, conn: sqlite3.Connection, ordered: list[KeyRecord]) -> list[Key]:
         now = time.time_ns()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            keys: list[Key] = []
-            for r in ordered:
-                seq_row = conn.execute(
-                    "SELECT seq FROM key_blocks WHERE block_id = ? AND status = 'committed'",
-                    (r.block_id,),
-                ).fetchone()
-                if seq_row is None:
-                    raise BlockNotReady(f"key block {r.block_id} is not committed on this node")
-                if seq_row[0] % self.share_count == self.share_index:
-                    # Our own share: the peer may never issue from it (defence in depth).
-                    raise KeysNotFound("one or more keys specified are not found on KME")
-                try:
-                    conn.execute(
-                        "INSERT INTO kms_delivered (key_id, block_id, offset_bytes, size_bytes, "
-                        "master_sae, slave_sae, delivered_ns) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                        (
-                            r.key_id,
-                            r.block_id,
-                            r.offset_bytes,
-                            r.size_bytes,
-                            r.master_sae,
-                            r.slave_sae,
-                            now,
-                        ),
-                    )
-                except sqlite3.IntegrityError:
-                    raise KeysNotFound("one or more keys specified are not found on KME") from None
-                keys.append(
-                    Key(r.key_id, self._read(conn, r.block_id, r.offset_bytes, r.size_bytes))
+        # Runs inside the writer's transaction, in this request's own savepoint.
+        keys: list[Key] = []
+        for r in ordered:
+            seq_row = conn.execute(
+                "SELECT seq FROM key_blocks WHERE block_id = ? AND status = 'committed'",
+                (r.block_id,),
+            ).fetchone()
+            if seq_row is None:
+                raise BlockNotReady(f"key block {r.block_id} is not committed on this node")
+            if seq_row[0] % self.share_count == self.share_index:
+                # Our own share: the peer may never issue from it (defence in depth).
+                raise KeysNotFound("one or more keys specified are not found on KME")
+            try:
+                conn.execute(
+                    "INSERT INTO kms_delivered (key_id, block_id, offset_bytes, size_bytes, "
+                    "master_sae, slave_sae, delivered_ns) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        r.key_id,
+                        r.block_id,
+                        r.offset_bytes,
+                        r.size_bytes,
+                        r.master_sae,
+                        r.slave_sae,
+                        now,
+                    ),
                 )
-            conn.execute("COMMIT")
-            return keys
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
+            except sqlite3.IntegrityError:
+                raise KeysNotFound("one or more keys specified are not found on KME") from None
+            keys.append(Key(r.key_id, self._read(conn, r.block_id, r.offset_bytes, r.size_bytes)))
+        return keys
 
     # -- statistics --------------------------------------------------------------------------
     def stats(self) -> dict[str, int]:

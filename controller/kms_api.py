@@ -10,6 +10,7 @@ strings of §1.4 where the spec gives one).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import uuid
@@ -83,7 +84,9 @@ class KmsService:
             max_SAE_ID_count=0,
         )
 
-    def enc_keys(self, requester: str, slave: str, req: KeyRequest) -> KeyContainer:
+    async def enc_keys(self, requester: str, slave: str, req: KeyRequest) -> KeyContainer:
+        """Validate against the advertised limits, then cut keys in the pool's next group
+        commit (awaited, so the event loop serves other SAEs meanwhile)."""
         self.check_peer_sae(slave, "slave")
         number = 1 if req.number is None else req.number
         size = self.cfg.key_size if req.size is None else req.size
@@ -110,7 +113,7 @@ class KmsService:
                 f"size shall be between min_key_size ({self.cfg.min_key_size}) and "
                 f"max_key_size ({self.cfg.max_key_size})",
             )
-        keys = self.pool.issue(requester, slave, number, size)
+        keys = await asyncio.wrap_future(self.pool.issue_future(requester, slave, number, size))
         self._account(requester, slave, keys)
         log.info(
             "enc_keys: %d keys of %d bits issued to %s for %s", len(keys), size, requester, slave
@@ -142,7 +145,7 @@ class KmsService:
         return KeyContainer(keys=[KeyItem(key_ID=k.key_id, key=k.b64) for k in keys])
 
 
-def sae_identity(request: Request) -> str:
+async def sae_identity(request: Request) -> str:
     """The calling SAE's ID: CN of the verified TLS client certificate, registered on this KME."""
     service: KmsService = request.app.state.kms
     sae = request.scope.get("state", {}).get("tls_client_cn")
@@ -153,7 +156,7 @@ def sae_identity(request: Request) -> str:
     return sae
 
 
-def _service(request: Request) -> KmsService:
+async def _service(request: Request) -> KmsService:
     return request.app.state.kms
 
 
@@ -168,7 +171,7 @@ dec_router = APIRouter(prefix="/api/v1/keys", tags=["dec_keys"], responses=_ERRO
 @status_router.get(
     "/{slave_SAE_ID}/status", response_model=Status, response_model_exclude_none=True
 )
-def get_status(slave_SAE_ID: str, sae: SaeId, kms: Service) -> Status:
+async def get_status(slave_SAE_ID: str, sae: SaeId, kms: Service) -> Status:
     """Get status: key availability for the pair (calling master SAE, ``slave_SAE_ID``)."""
     return kms.status(sae, slave_SAE_ID)
 
@@ -176,20 +179,20 @@ def get_status(slave_SAE_ID: str, sae: SaeId, kms: Service) -> Status:
 @enc_router.post(
     "/{slave_SAE_ID}/enc_keys", response_model=KeyContainer, response_model_exclude_none=True
 )
-def post_enc_keys(
+async def post_enc_keys(
     slave_SAE_ID: str,
     sae: SaeId,
     kms: Service,
     body: Annotated[KeyRequest | None, Body()] = None,
 ) -> KeyContainer:
     """Get key: new keys for the calling master SAE to share with ``slave_SAE_ID``."""
-    return kms.enc_keys(sae, slave_SAE_ID, body or KeyRequest())
+    return await kms.enc_keys(sae, slave_SAE_ID, body or KeyRequest())
 
 
 @enc_router.get(
     "/{slave_SAE_ID}/enc_keys", response_model=KeyContainer, response_model_exclude_none=True
 )
-def get_enc_keys(
+async def get_enc_keys(
     slave_SAE_ID: str,
     sae: SaeId,
     kms: Service,
@@ -197,7 +200,7 @@ def get_enc_keys(
     size: Annotated[int | None, Query()] = None,
 ) -> KeyContainer:
     """Get key, simple GET form (``?number=&size=`` only)."""
-    return kms.enc_keys(sae, slave_SAE_ID, KeyRequest(number=number, size=size))
+    return await kms.enc_keys(sae, slave_SAE_ID, KeyRequest(number=number, size=size))
 
 
 @dec_router.post(

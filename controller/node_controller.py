@@ -560,9 +560,18 @@ def _url_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
-def run_controller(config_path: Path, ready_file: Path | None = None) -> None:
-    """Entry point of ``qnode controller``: run until SIGINT/SIGTERM."""
+def run_controller(
+    config_path: Path, ready_file: Path | None = None, overrides: dict[str, Any] | None = None
+) -> None:
+    """Entry point of ``qnode controller``: run until SIGINT/SIGTERM.
+
+    ``overrides`` maps dotted keys (``telemetry.node_endpoint``) to values that replace the
+    file's; ``qnode node`` passes the endpoints it bound, which the file cannot know in advance.
+    """
     cfg = load_config(config_path)
+    for dotted, value in (overrides or {}).items():
+        section, _, name = dotted.partition(".")
+        setattr(getattr(cfg, section), name, value)
     controller = NodeController(cfg, config_path)
 
     async def main() -> None:

@@ -1,0 +1,273 @@
+"""``qnode perf`` rows of the controller: ``telemetry`` (bus PUB->SUB) and ``kms`` (ETSI 014).
+
+- ``telemetry``: a publisher process (``qnode.bus.Publisher``) and a subscriber
+  (``qnode.bus.Subscriber``: decode, validate, count sequence gaps) on loopback TCP. Blast rate
+  (``msgs_per_s`` received, ``lost`` from the sequence gaps) and, separately, latency at a paced
+  10 k msg/s (``p50_ms``/``p99_ms`` from the header's ``ts_ns``).
+- ``kms``: a real ``qnode controller`` process per KME (Alice, Bob) over mutual TLS with the
+  certificates of ``qnode pki init``; 16 client threads call ``enc_keys`` for 256-bit keys;
+  every key ID and key is checked unique (``duplicates`` must be 0) and a sample is fetched
+  from Bob's KME with ``dec_keys`` and compared (``mismatches`` must be 0).
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+STAGES = ("telemetry", "kms")
+_PAYLOAD = {
+    "peer_connected": True,
+    "paused": False,
+    "sifted_bits": 123456789,
+    "secret_bits": 3456789,
+    "sifted_bps": 2.1e7,
+    "skr_bps": 1.3e6,
+    "qber": 0.0231,
+    "f": 1.12,
+    "fer": 0.01,
+    "blocks_done": 1234,
+    "keystore_blocks": 1200,
+    "keystore_bits": 240000000,
+}
+
+
+# -- telemetry -------------------------------------------------------------------------------
+def _publisher(endpoint_q: Any, go: Any, n: int, rate: float) -> None:
+    from qnode.bus import Publisher
+
+    pub = Publisher("tcp://127.0.0.1:0", "perf", "bench", connect=False, sndhwm=100_000)
+    endpoint_q.put(pub.endpoint)
+    while not go.is_set():  # slow joiner: keep announcing until the subscriber is there
+        pub.publish("svc/mgmt/perf/warmup/", {})
+        time.sleep(0.01)
+    pub.seq = 0
+    topic = "qfs/telemetry/perf/link/"
+    if rate <= 0:
+        for _ in range(n):
+            pub.publish(topic, _PAYLOAD)
+    else:
+        t0 = time.perf_counter()
+        for i in range(n):
+            while time.perf_counter() < t0 + i / rate:
+                pass
+            pub.publish(topic, _PAYLOAD)
+    pub.publish("svc/mgmt/perf/end/", {"sent": n})
+    time.sleep(0.5)
+    pub.close()
+
+
+def _telemetry_run(n: int, rate: float) -> dict[str, Any]:
+    from qnode.bus import Subscriber
+
+    ctx = mp.get_context("spawn")
+    endpoint_q, go = ctx.Queue(), ctx.Event()
+    proc = ctx.Process(target=_publisher, args=(endpoint_q, go, n, rate), daemon=True)
+    proc.start()
+    sub = Subscriber(endpoint_q.get(timeout=30), ["qfs/telemetry/perf/", "svc/mgmt/perf/"])
+    while (msg := sub.recv(timeout_ms=30_000)) is not None and "warmup" not in msg.topic:
+        pass
+    go.set()
+    received, latencies = 0, []
+    t_first = t_last = None
+    while True:
+        msg = sub.recv(timeout_ms=5000)
+        if msg is None or msg.topic == "svc/mgmt/perf/end/":
+            break
+        if "warmup" in msg.topic:
+            continue
+        now = time.time_ns()
+        t_first = t_first or time.perf_counter()
+        t_last = time.perf_counter()
+        received += 1
+        if rate > 0:
+            latencies.append((now - msg.header["ts_ns"]) / 1e6)
+    proc.join(10)
+    lost = n - received
+    sub.close()
+    elapsed = (t_last - t_first) if t_first and t_last and t_last > t_first else float("nan")
+    out: dict[str, Any] = {"received": received, "lost": lost, "gaps_counted": sub.stats.gaps}
+    if rate <= 0:
+        out["msgs_per_s"] = round(received / elapsed) if elapsed == elapsed else 0
+    else:
+        latencies.sort()
+        out["p50_ms"] = round(latencies[len(latencies) // 2], 3) if latencies else None
+        out["p99_ms"] = round(latencies[int(len(latencies) * 0.99)], 3) if latencies else None
+    return out
+
+
+def telemetry_row(quick: bool = False) -> dict[str, Any]:
+    blast = _telemetry_run(50_000 if quick else 200_000, 0.0)
+    paced = _telemetry_run(5_000 if quick else 20_000, 10_000.0)
+    return {
+        "stage": "telemetry",
+        "impl": "qnode",
+        "transport": "tcp loopback, separate processes",
+        "msgs_per_s": blast["msgs_per_s"],
+        "lost": blast["lost"],
+        "latency_rate": 10_000,
+        "p50_ms": paced["p50_ms"],
+        "p99_ms": paced["p99_ms"],
+        "lost_paced": paced["lost"],
+    }
+
+
+# -- kms -------------------------------------------------------------------------------------
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _start_kmes(tmp: Path, n_keys: int) -> tuple[dict[str, Any], list[subprocess.Popen]]:
+    from controller.pki import init_pki
+    from qnode.keystore import KeyStore
+
+    pki = tmp / "pki"
+    init_pki(pki, ["alice", "bob"], ["sae-alice", "sae-bob"])
+    block_bytes = 1 << 16
+    n_blocks = 2 * (n_keys * 32 // block_bytes + 2)  # Alice issues from half of the blocks
+    stores = [KeyStore(tmp / "alice.db"), KeyStore(tmp / "bob.db")]
+    for seq in range(n_blocks):
+        block_id, key = str(uuid.uuid4()), os.urandom(block_bytes)
+        for store in stores:
+            store.add_committed(block_id, seq, "peer", key)
+    for store in stores:
+        store.close()
+    ports = {"alice": _free_port(), "bob": _free_port()}
+    procs, ready = [], {}
+    for me, peer, index in (("alice", "bob", 0), ("bob", "alice", 1)):
+        local, remote = f"sae-{me}", f"sae-{peer}"
+        cfg = tmp / f"{me}.toml"
+        cfg.write_text(
+            f'node = "{me}"\nrole = "{me}"\nkeystore = "{tmp / (me + ".db")}"\n'
+            f"[kms]\n"
+            f'kme_id = "{me}"\npeer_kme_id = "{peer}"\n'
+            f'cert = "{pki / (me + ".pem")}"\nkey = "{pki / (me + ".key")}"\nca = "{pki / "ca.pem"}"\n'
+            f'local_saes = ["{local}"]\npeer_saes = ["{remote}"]\nport = 0\nshare_index = {index}\n'
+            f'sync_bind = "tcp://127.0.0.1:{ports[me]}"\nsync_peer = "tcp://127.0.0.1:{ports[peer]}"\n'
+            f"[security]\ncurve = false\n[http]\nenabled = false\n"
+        )
+        ready_file = tmp / f"{me}.ready"
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "qnode", "controller", "--config", str(cfg),
+                 "--ready-file", str(ready_file)],
+                stdout=subprocess.DEVNULL, stderr=open(tmp / f"{me}.log", "wb"),  # noqa: SIM115
+            )
+        )  # fmt: skip
+        deadline = time.monotonic() + 60
+        while not ready_file.exists():
+            if procs[-1].poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"controller {me} did not start: {(tmp / f'{me}.log')}")
+            time.sleep(0.05)
+        ready[me] = json.loads(ready_file.read_text())
+    return {"pki": pki, "ready": ready}, procs
+
+
+def kms_row(quick: bool = False, clients: int = 16, keys_per_request: int = 1) -> dict[str, Any]:
+    import httpx
+
+    from controller.tls import client_ssl_context
+
+    duration_s = 3.0 if quick else 10.0
+    with tempfile.TemporaryDirectory(prefix="qnode-kms-perf-") as tmp_s:
+        tmp = Path(tmp_s)
+        env, procs = _start_kmes(tmp, n_keys=int(6000 * duration_s))
+        try:
+            pki, ready = env["pki"], env["ready"]
+            url = f"{ready['alice']['kms']}/api/v1/keys/sae-bob/enc_keys"
+            ctx_a = client_ssl_context(pki / "sae-alice.pem", pki / "sae-alice.key", pki / "ca.pem")
+            keys: list[tuple[str, str]] = []
+            latencies: list[float] = []
+            errors: list[str] = []
+            lock = threading.Lock()
+            start = threading.Barrier(clients + 1)
+            stop_at = [0.0]
+
+            def worker() -> None:
+                with httpx.Client(verify=ctx_a, timeout=30) as c:
+                    c.get(f"{ready['alice']['kms']}/api/v1/keys/sae-bob/status")  # handshake
+                    start.wait()
+                    while time.perf_counter() < stop_at[0]:
+                        t0 = time.perf_counter()
+                        r = c.post(url, json={"number": keys_per_request, "size": 256})
+                        dt = (time.perf_counter() - t0) * 1000
+                        with lock:
+                            if r.status_code != 200:
+                                errors.append(r.text[:200])
+                                return
+                            latencies.append(dt)
+                            keys.extend((k["key_ID"], k["key"]) for k in r.json()["keys"])
+
+            threads = [threading.Thread(target=worker) for _ in range(clients)]
+            for t in threads:
+                t.start()
+            stop_at[0] = time.perf_counter() + duration_s
+            start.wait()
+            t0 = time.perf_counter()
+            for t in threads:
+                t.join()
+            elapsed = time.perf_counter() - t0
+            duplicates = (len(keys) - len({k for k, _ in keys})) + (
+                len(keys) - len({m for _, m in keys})
+            )
+            # The slave side: Bob's KME must hand out the same keys for a sample of IDs.
+            sample = keys[:: max(1, len(keys) // 64)][:64]
+            ctx_b = client_ssl_context(pki / "sae-bob.pem", pki / "sae-bob.key", pki / "ca.pem")
+            with httpx.Client(verify=ctx_b, timeout=30) as c:
+                r = c.post(
+                    f"{ready['bob']['kms']}/api/v1/keys/sae-alice/dec_keys",
+                    json={"key_IDs": [{"key_ID": k} for k, _ in sample]},
+                )
+            got = [(k["key_ID"], k["key"]) for k in r.json().get("keys", [])]
+            mismatches = (
+                len(sample)
+                if r.status_code != 200
+                else sum(a != b for a, b in zip(sample, got, strict=False))
+            )
+        finally:
+            for proc in procs:
+                proc.terminate()
+            for proc in procs:
+                proc.wait(15)
+    latencies.sort()
+    row: dict[str, Any] = {
+        "stage": "kms",
+        "impl": "qnode",
+        "clients": clients,
+        "keys_per_request": keys_per_request,
+        "key_bits": 256,
+        "keys_per_s": round(len(keys) / elapsed, 1),
+        "p50_ms": round(latencies[len(latencies) // 2], 2) if latencies else None,
+        "p99_ms": round(latencies[int(len(latencies) * 0.99)], 2) if latencies else None,
+        "duplicates": duplicates,
+        "mismatches": mismatches,
+    }
+    if errors:
+        row["note"] = f"{len(errors)} failed requests: {errors[0]}"
+    return row
+
+
+def perf_rows(quick: bool = False, stages: list[str] | None = None) -> list[dict[str, Any]]:
+    """The controller's rows (``telemetry``, ``kms``), or none if ``stages`` names neither."""
+    rows: list[dict[str, Any]] = []
+    wanted = set(STAGES) if not stages else set(stages) & set(STAGES)
+    if "telemetry" in wanted:
+        rows.append(telemetry_row(quick))
+    if "kms" in wanted:
+        rows.append(kms_row(quick, keys_per_request=1))
+        if not quick:
+            rows.append(kms_row(quick, keys_per_request=16))
+    return rows
