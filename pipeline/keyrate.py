@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 from scipy.optimize import minimize
 
-from pipeline.estimation import binary_entropy, decoy_core, key_length_core
+from pipeline.estimation import DecoySettings, binary_entropy, decoy_core, key_length_core
 from qnode import linkmodel
 from qnode.linkmodel import LinkParams
 
@@ -340,12 +340,15 @@ def expected_key_rate(
         mu = (src.mu_signal, src.mu_decoy, src.mu_vacuum)
         p = (src.p_signal, src.p_decoy, src.p_vacuum)
         q_x = 1.0 - src.p_basis_z
+        DecoySettings(mu, p)  # the link's own settings must satisfy Lim's constraints
+        if not 0.0 < q_x < 1.0:
+            raise ValueError(f"source.p_basis_z must be in (0, 1) for a finite key: {1 - q_x}")
     rate, ell, qber = _finite_rate(
         ch, tuple(np.array([m]) for m in mu), tuple(np.array([x]) for x in p),
         np.array([q_x]), n_x, f_ec, eps_sec, eps_cor, k, exact=True,
     )  # fmt: skip
     rate, ell, qber = float(rate[0]), float(ell[0]), float(np.ravel(qber)[0])
-    pulses = ell / rate if rate != 0 else float("nan")
+    pulses = n_x / (q_x**2 * sum(pk * ch.detection(m) for pk, m in zip(p, mu, strict=True)))
     eps_used = eps_sec if eps_sec is not None else kappa * max(ell, 1.0)
     rate = max(rate, 0.0)
     return KeyRateResult(
@@ -357,6 +360,10 @@ def expected_key_rate(
 
 def _asymptotic(ch, src, clock, distance, f_ec, q, optimise) -> KeyRateResult:
     mu2, mu3 = src.mu_decoy, src.mu_vacuum
+    if not mu2 > mu3 >= 0.0:
+        raise ValueError(f"decoy intensity must exceed the vacuum one: mu2={mu2}, mu3={mu3}")
+    if not 0.0 < q <= 1.0:
+        raise ValueError(f"sifting_factor must be in (0, 1], got {q}")
     lo = mu2 + mu3 + 1e-6
 
     def vw(m: float) -> float:

@@ -113,6 +113,14 @@ def test_bad_arguments_raise() -> None:
     ):
         with pytest.raises(ValueError, match=match):
             expected_key_rate(link, **kwargs)
+    all_z = link.with_changes(source={"p_basis_z": 1.0})
+    with pytest.raises(ValueError, match="p_basis_z"):
+        expected_key_rate(all_z, 10**6, optimise=False)
+    no_decoy = link.with_changes(source={"mu_decoy": 0.0, "mu_vacuum": 0.0})
+    with pytest.raises(ValueError, match="decoy intensity"):
+        expected_key_rate(no_decoy, None)
+    with pytest.raises(ValueError, match="mu2 > mu3"):
+        expected_key_rate(no_decoy, 10**6, optimise=False)
 
 
 # --------------------------------------------------------------------------- CLI
