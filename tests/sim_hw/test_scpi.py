@@ -334,3 +334,18 @@ def test_framer_discards_a_message_that_never_ends():
     assert framer.feed(b"y" * 600) == []  # 1200 bytes, no terminator: thrown away
     assert framer.discarded == 1200
     assert framer.feed(b"*IDN?\n") == [b"*IDN?"]
+
+
+_FRAGMENTS = [":INP:ATT", " 5", ";", ":", "?", ",", '"', "'", "#1", "#15", "#0", "*IDN?", "MAX",
+              "ATT", "\t", "1e999", "-", "#H", "ON", ":OUTP", "*ESE", "DB", "\x00", "\xff"]  # fmt: skip
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.sampled_from(_FRAGMENTS) | st.text(max_size=4), max_size=12))
+def test_any_message_gets_an_answer_or_an_error_never_an_exception(parts):
+    dev = Bench()
+    msg = "".join(parts).encode("utf-8", "replace")
+    reply = dev.execute(msg)
+    assert reply is None or reply.endswith(b"\n")
+    assert 0 <= len(dev.errors) <= 32
+    assert dev.execute(b"*OPC?") == b"1\n"  # still answering
