@@ -82,7 +82,13 @@ def controller_process(cfg: NodeConfig, ready: dict[str, str]) -> ChildProcess |
     """
     if cfg.controller is None:
         return None
-    argv = [*_python(), "qnode", "controller", "--config", str(cfg.controller)]
+    # The controller attaches to the endpoints this node bound (its config cannot know them)
+    # and writes its own endpoints (KMS URL, control) next to the key store.
+    controller_ready = cfg.keystore.path.with_suffix(".controller.ready")
+    controller_ready.unlink(missing_ok=True)
+    argv = [*_python(), "qnode", "controller", "--config", str(cfg.controller),
+            "--node-telemetry", ready["telemetry"], "--node-command", ready["command"],
+            "--hub", cfg.internal_endpoint(), "--ready-file", str(controller_ready)]  # fmt: skip
     return ChildProcess("controller", argv, _log_path(cfg, "controller"))
 
 
