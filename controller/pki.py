@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -180,7 +181,29 @@ def init_pki(
     issued = {name: _issue(directory, ca_cert, ca_key, name, server=True) for name in kmes}
     issued.update({name: _issue(directory, ca_cert, ca_key, name, server=False) for name in saes})
     create_curve_keys(directory / CURVE_DIR, list(kmes) + list(curve_clients))
+    _update_manifest(directory, kmes, saes)
     return issued
+
+
+MANIFEST = "pki.json"
+
+
+def _update_manifest(directory: Path, kmes: list[str], saes: list[str]) -> None:
+    """Record KME and SAE names in creation order (``qnode link`` gives the first SAE to Alice)."""
+    path = directory / MANIFEST
+    data = read_manifest(directory)
+    for kind, names in (("kmes", kmes), ("saes", saes)):
+        data[kind] = data.get(kind, []) + [n for n in names if n not in data.get(kind, [])]
+    path.write_text(json.dumps(data, indent=2) + "\n")
+
+
+def read_manifest(directory: Path) -> dict[str, list[str]]:
+    """``{"kmes": [...], "saes": [...]}`` as written by ``init_pki`` (empty if absent)."""
+    path = directory / MANIFEST
+    if not path.exists():
+        return {"kmes": [], "saes": []}
+    data = json.loads(path.read_text())
+    return {"kmes": list(data.get("kmes", [])), "saes": list(data.get("saes", []))}
 
 
 def certificate_common_name(cert_pem: bytes) -> str:

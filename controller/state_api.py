@@ -31,7 +31,7 @@ class StateCollector:
     def collect(self) -> Iterator[Metric]:
         s = self.state
         node = {"node": s.node}
-        link = {"node": s.node, "link": f"{s.node}-{s.peer}"}
+        link = {"node": s.node, "link": "-".join(sorted((s.node, s.peer)))}
 
         def gauge(name: str, doc: str, value: float, labels: dict[str, str]) -> GaugeMetricFamily:
             g = GaugeMetricFamily(name, doc, labels=list(labels))
