@@ -50,8 +50,10 @@ class _Property:
         *,
         cast: Callable[[str], Any] = float,
         fmt: Callable[[Any], str] = _num,
+        timeout_s: float | None = None,
     ) -> None:
         self.get_cmd = get_cmd
+        self.timeout_s = timeout_s  # at least this long for this query (slow readouts)
         self.set_cmd = set_cmd
         self.cast = cast
         self.fmt = fmt
@@ -66,7 +68,10 @@ class _Property:
             return self
         if self.get_cmd is None:
             raise AttributeError(f"{self.name} is set-only")
-        return obj.ask(self.get_cmd, self.cast)
+        if self.timeout_s is None:
+            return obj.ask(self.get_cmd, self.cast)
+        with obj.adapter.timeout(self.timeout_s):
+            return obj.ask(self.get_cmd, self.cast)
 
     def __set__(self, obj: Instrument, value: Any) -> None:
         if self.set_cmd is None:

@@ -82,13 +82,18 @@ class SpadDetector(Instrument):
     regulation_state = Measurement(
         "REG:STATE?", "Measure the regulation state (LOCKED, SETTLING or OFF).", cast=str
     )
+    # Counter readouts may wait for an integration time (the emulator simulates one second).
     detection_freq_hz = Measurement(
-        "COUNTERS:DETECTION_FREQ?", "Measure the detection rate in counts per second.", cast=values
+        "COUNTERS:DETECTION_FREQ?",
+        "Measure the detection rate in counts per second.",
+        cast=values,
+        timeout_s=10.0,
     )
     detection_count = Measurement(
         "COUNTERS:DETECTION_COUNT?",
         "Measure the detections counted in one integration time.",
         cast=int_values,
+        timeout_s=10.0,
     )
 
     @property

@@ -38,7 +38,7 @@ class TimeTagger(ScpiInstrument):
 
     default_name = "timetagger"
     #: Fetches and rate queries make the emulated world simulate; real taggers buffer a lot.
-    slow_timeout_s = 5.0
+    slow_timeout_s = 10.0
 
     acquiring = Measurement(":ACQ:STAT?", "Measure whether tagging is running.", cast=scpi_bool)
     tags_waiting = Measurement(":TAGS:COUN?", "Measure how many tags wait to be fetched.", cast=int)
