@@ -65,7 +65,7 @@ def collect(stages: list[str] | None = None, quick: bool = False) -> list[dict[s
 
 
 def _params(row: dict[str, Any]) -> tuple:
-    skip = set(FIGURE_KEYS) | {"stage", "impl", "missing", "ratio", "note", "agree"}
+    skip = set(FIGURE_KEYS) | {"stage", "impl", "missing", "ratio", "ratio_of", "note", "agree"}
     return tuple(sorted((k, str(v)) for k, v in row.items() if k not in skip))
 
 
