@@ -18,8 +18,11 @@ or allocates (slices would cost reference-count traffic at every one of the ~3^k
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
+import numba
 import numpy as np
-from numba import njit, prange, uintp
+from numba import njit, uintp
 
 from .intrinsics import clmul, clmul_dot, clmul_rows2, clmul_rows8
 
@@ -198,7 +201,7 @@ def _sdp_iter(mem, uo, bo, oo, n, wo, wide):  # pragma: no cover - numba
         stack[top, 3], stack[top, 4], stack[top, 5] = h, rest, 0
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _sdp_task(u, b, wide):  # pragma: no cover - numba
     """One sliding-dot-product problem in a private arena: [u | b | out | scratch]."""
     n = b.size
@@ -215,14 +218,33 @@ def sdp_karatsuba(u, b, wide):  # pragma: no cover - numba
     return _sdp_task(u, b, wide).copy()
 
 
-@njit(cache=True, parallel=True)
-def sdp_batch(u_rows, b_rows, wide):  # pragma: no cover - numba
-    """Independent sliding-dot-product problems, one per row, spread over the cores by prange.
+def sdp_batch(u_rows: np.ndarray, b_rows: np.ndarray, wide: bool) -> np.ndarray:
+    """Independent sliding-dot-product problems, one per row, spread over the cores.
 
-    Each task works in its own arena, so threads never share an array (or its refcount).
+    Tasks run in a thread pool of ``numba.get_num_threads()`` workers; the kernel releases the GIL
+    (``nogil``) and works in a private arena, so threads share no array. Threads rather than a
+    ``prange`` kernel: the same speed-up, half the cold compile time, and no idle-spinning
+    OpenMP workers on a loaded machine.
     """
     t_count, n = b_rows.shape
     out_rows = np.empty((t_count, 2 * n), dtype=np.uint64)
-    for t in prange(t_count):
+
+    def run(t: int) -> None:
         out_rows[t] = _sdp_task(u_rows[t], b_rows[t], wide)
+
+    workers = min(t_count, numba.get_num_threads())
+    if workers <= 1:
+        for t in range(t_count):
+            run(t)
+    else:
+        list(_pool(workers).map(run, range(t_count)))
     return out_rows
+
+
+_POOLS: dict[int, ThreadPoolExecutor] = {}
+
+
+def _pool(workers: int) -> ThreadPoolExecutor:
+    if workers not in _POOLS:
+        _POOLS[workers] = ThreadPoolExecutor(workers, thread_name_prefix="gf2")
+    return _POOLS[workers]

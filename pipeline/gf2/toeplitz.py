@@ -36,9 +36,13 @@ def _merge(out_rows: np.ndarray) -> np.ndarray:
 def sdp_parallel(u_rows: np.ndarray, b_rows: np.ndarray, wide: bool = True) -> np.ndarray:
     """Row-wise sliding dot products (see karatsuba.sdp_batch), top levels split for the cores."""
     levels = 0
-    min_tasks = 3 * numba.get_num_threads()
+    threads = numba.get_num_threads()
     n = b_rows.shape[1]
-    while u_rows.shape[0] < min_tasks and n % 2 == 0 and n // 2 >= BASE_WORDS:
+
+    def unbalanced(tasks: int) -> bool:
+        return tasks < threads or (tasks % threads != 0 and tasks < 4 * threads)
+
+    while unbalanced(u_rows.shape[0]) and n % 2 == 0 and n // 2 >= BASE_WORDS:
         u_rows, b_rows = _split(u_rows, b_rows)
         n //= 2
         levels += 1
