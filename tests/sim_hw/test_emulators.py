@@ -6,6 +6,7 @@ settings put them back with ``*RST``, and every test starts with the faults clea
 
 from __future__ import annotations
 
+import contextlib
 import os
 import select
 import socket
@@ -85,6 +86,10 @@ def client(world):
 
     yield connect
     for c in opened:
+        # wait until the instrument has run everything this test sent, so that a late command
+        # cannot consume a fault the next test arms
+        with contextlib.suppress(OSError, AssertionError):
+            c.query("*OPC?")
         c.close()
 
 
