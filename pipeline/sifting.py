@@ -279,8 +279,9 @@ def _check_array(name: str, arr: Any, dtype: type, n: int | None = None) -> np.n
 
 
 def _check_plane(name: str, arr: Any, n: int) -> np.ndarray:
-    """A bit plane from the wire as native 64-bit words."""
-    return _check_array(name, arr, np.uint8, _plane_bytes(n)).view("<u8")
+    """A bit plane from the wire as 64-bit words, copied (n/8 bytes) so that the kernels see
+    one array type whatever buffer the message was decoded from (one compiled variant)."""
+    return _check_array(name, arr, np.uint8, _plane_bytes(n)).copy().view("<u8")
 
 
 def _check_frame(frame: Any) -> int:
@@ -350,13 +351,21 @@ class SiftingBob:
         }
 
     def on_reply(self, message: dict[str, Any]) -> SiftedFrame:
-        """Finish a frame from Alice's ``sift_reply``; a bad or unexpected reply raises ValueError."""
+        """Finish a frame from Alice's ``sift_reply``.
+
+        A bad, unexpected or ``failed`` reply raises ValueError; the frame is then forgotten
+        (a frame gets one reply, so a forged second one cannot replace a refused first).
+        """
         if message.get("type") != "sift_reply":
             raise ValueError(f"expected a sift_reply, got {message.get('type')!r}")
         frame = _check_frame(message.get("frame"))
         if frame not in self._pending:
             raise ValueError(f"sift_reply for frame {frame}, which was not announced")
-        n, basis_w, bit_w = self._pending[frame]
+        # One reply per frame: whatever it holds, the frame is no longer pending.
+        n, basis_w, bit_w = self._pending.pop(frame)
+        if message.get("failed"):
+            reason = message.get("reason", "no reason given")
+            raise ValueError(f"frame {frame}: Alice could not sift it ({reason})")
         if _check_n(message) != n:
             raise ValueError(f"frame {frame}: reply covers {message['n']} events, announced {n}")
         match_w = _check_plane("match", message.get("match"), n)
@@ -371,7 +380,6 @@ class SiftingBob:
         total = counts.sum(axis=0)
         if (errors > total[BASIS_Z]).any():
             raise ValueError(f"frame {frame}: more test errors than matched Z detections")
-        del self._pending[frame]
         return SiftedFrame(frame, _joined_key(scratch, nkey), total, errors)
 
     def forget(self, frame: int) -> None:

@@ -184,11 +184,14 @@ def test_alice_rejects_bad_symbols_and_announcements() -> None:
 
 def test_bob_rejects_inconsistent_replies() -> None:
     f, slot, basis, bit = _good()
-    bob = SiftingBob()
-    announce = bob.announce(0, slot, basis, bit)
-    reply, _ = SiftingAlice().on_announce(
-        announce, f["alice_basis"], f["alice_bit"], f["intensity"]
-    )
+
+    def fresh():
+        bob = SiftingBob()
+        announce = bob.announce(0, slot, basis, bit)
+        symbols = (f["alice_basis"], f["alice_bit"], f["intensity"])
+        return bob, SiftingAlice().on_announce(announce, *symbols)[0]
+
+    _, reply = fresh()
     past_end = reply["match"].copy()
     past_end[-1] |= 0x80  # a match flag for event 255 of a 200-event frame
     both = reply["intensity_lo"] | reply["intensity_hi"]
@@ -201,13 +204,20 @@ def test_bob_rejects_inconsistent_replies() -> None:
         ({"test_errors": [1, 2]}, "3 non-negative"),
         ({"match": reply["match"][:8]}, "length"),
         ({"n": 199}, "announced 200"),
-        ({"type": "sift_announce"}, "expected a sift_reply"),
-        ({"frame": 9}, "not announced"),
+        ({"failed": True, "reason": "no symbols"}, "could not sift it \\(no symbols\\)"),
     ]
     for change, match in bad_replies:
+        bob, reply = fresh()
         with pytest.raises(ValueError, match=match):
             bob.on_reply({**reply, **change})
-    assert bob.on_reply(reply).frame == 0  # the good reply still finishes the frame
+        with pytest.raises(ValueError, match="not announced"):
+            bob.on_reply(reply)  # the frame is gone: a second reply cannot replace the first
+    bob, reply = fresh()
+    for change, match in (({"type": "sift_announce"}, "expected a sift_reply"),
+                          ({"frame": 9}, "not announced")):  # fmt: skip
+        with pytest.raises(ValueError, match=match):
+            bob.on_reply({**reply, **change})
+    assert bob.on_reply(reply).frame == 0  # a stray message does not cost the frame
 
 
 def test_perf_rows_measure_both_impls_on_the_same_frame() -> None:
