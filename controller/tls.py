@@ -35,13 +35,32 @@ def _peer_common_name(transport: asyncio.Transport) -> str | None:
     return None
 
 
-class SaeIdentityProtocol(H11Protocol):
-    """h11 protocol that exposes the verified client certificate's CN as ``tls_client_cn``."""
+class _SaeIdentity:
+    """Mixin for a uvicorn HTTP protocol: the verified client certificate's CN becomes
+    ``scope["state"]["tls_client_cn"]`` for every request on the connection."""
 
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
+    app_state: dict[str, Any]
+
+    def connection_made(self, transport: asyncio.Transport) -> None:
+        super().connection_made(transport)  # type: ignore[misc]
         # Per-connection copy: the scope's "state" is built from this dict for every request.
         self.app_state = {**self.app_state, "tls_client_cn": _peer_common_name(transport)}
+
+
+class SaeIdentityH11(_SaeIdentity, H11Protocol):
+    """Pure-Python h11 parser with SAE identities."""
+
+
+SaeIdentityProtocol: type = SaeIdentityH11
+try:  # httptools (C parser) when installed: less CPU per request
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    class SaeIdentityHttpTools(_SaeIdentity, HttpToolsProtocol):
+        """httptools parser with SAE identities."""
+
+    SaeIdentityProtocol = SaeIdentityHttpTools
+except ImportError:  # pragma: no cover - depends on the environment
+    pass
 
 
 def server_ssl_context(cert: Path, key: Path, ca: Path) -> ssl.SSLContext:
