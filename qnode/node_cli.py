@@ -117,11 +117,18 @@ def link_command(
     workdir: Path | None = typer.Option(None, "--workdir", help="Keep configs and stores here."),
     seed: int = typer.Option(1, "--seed", help="Seed of the photon simulation."),
     quiet: bool = typer.Option(False, "--quiet", help="No live view."),
+    pki: Path | None = typer.Option(
+        None, "--pki", help="PKI from `qnode pki init` for ETSI 014 (default: one in the workdir)."
+    ),
+    ready_file: Path | None = typer.Option(
+        None, "--ready-file", help="Write KMS URLs, SAE IDs, telemetry and control endpoints."
+    ),
 ) -> None:
     """Run a simulated link: world + Alice + Bob; exit 0 only if both hold the same keys."""
     from rich.console import Console
     from rich.live import Live
 
+    from controller.link_setup import attach_controllers, write_ready
     from qnode.link import DEFAULT_BLOCK_BITS, Link, LinkError, LinkOptions
 
     console = Console(stderr=True)
@@ -147,12 +154,16 @@ def link_command(
         opts.duration_s = None
     try:
         link = Link(opts)
+        attach_controllers(link, pki)  # a node controller (ETSI 014 KME) per node
     except (ValueError, KeyError, OSError) as exc:
         console.print(f"qnode link: {exc}")
         raise typer.Exit(2) from None
     result: dict[str, Any] | None = None
     try:
         link.start(on_progress=lambda text: console.print(f"[dim]{text}[/dim]"))
+        if ready_file is not None:
+            write_ready(link, ready_file)
+            console.print(f"[dim]ready file: {ready_file}[/dim]")
         if quiet:
             while not link.done():
                 link.poll(0.5)
@@ -164,7 +175,7 @@ def link_command(
         link.settle()
         link.poll(0.2)
         result = link.result()
-    except LinkError as exc:
+    except (LinkError, TimeoutError) as exc:
         console.print(f"qnode link: {exc} (logs in {link.workdir})")
     except KeyboardInterrupt:
         link.settle(5)
