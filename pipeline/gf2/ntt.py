@@ -32,32 +32,35 @@ def _bit_reverse(a):  # pragma: no cover - numba
 
 
 @njit(cache=True)
-def _ntt(a, roots):  # pragma: no cover - numba
-    """In-place iterative radix-2 NTT; roots[k] = w^k (k < n/2) for w of order n."""
+def _ntt(a, twiddles):  # pragma: no cover - numba
+    """In-place iterative radix-2 NTT; twiddles[h + j] = w_{2h}^j for each stage half-length h."""
     n = a.size
     _bit_reverse(a)
-    length = 2
-    while length <= n:
-        half = length // 2
-        step = n // length
-        for i in range(0, n, length):
+    half = 1
+    while half < n:
+        for i in range(0, n, 2 * half):
             for j in range(half):
-                w = roots[j * step]
                 u = a[i + j]
-                v = a[i + j + half] * w % P
+                v = a[i + j + half] * twiddles[half + j] % P
                 s = u + v
                 a[i + j] = s - P if s >= P else s
                 a[i + j + half] = u - v if u >= v else u + P - v
-        length *= 2
+        half *= 2
 
 
 @njit(cache=True)
-def _roots(n, w):  # pragma: no cover - numba
-    out = np.empty(max(n // 2, 1), dtype=np.uint64)
-    acc = np.uint64(1)
-    for k in range(out.size):
-        out[k] = acc
-        acc = acc * w % P
+def _twiddles(n, w):  # pragma: no cover - numba
+    """Stage tables laid out contiguously (twiddles[h:2h] serve the stage of half-length h)."""
+    out = np.zeros(max(n, 2), dtype=np.uint64)
+    half = n // 2
+    w_stage = w  # order 2 * half = n
+    while half >= 1:
+        acc = np.uint64(1)
+        for j in range(half):
+            out[half + j] = acc
+            acc = acc * w_stage % P
+        w_stage = w_stage * w_stage % P
+        half //= 2
     return out
 
 
@@ -65,12 +68,12 @@ def _roots(n, w):  # pragma: no cover - numba
 def _cyclic_parity(x, s, w, w_inv, n_inv):  # pragma: no cover - numba
     """Parity of the cyclic convolution of two equal-length (power of two) 0/1 uint64 vectors."""
     n = x.size
-    roots = _roots(n, w)
-    _ntt(x, roots)
-    _ntt(s, roots)
+    twiddles = _twiddles(n, w)
+    _ntt(x, twiddles)
+    _ntt(s, twiddles)
     for i in range(n):
         x[i] = x[i] * s[i] % P
-    _ntt(x, _roots(n, w_inv))
+    _ntt(x, _twiddles(n, w_inv))
     out = np.empty(n, dtype=np.uint8)
     for i in range(n):
         out[i] = np.uint8((x[i] * n_inv % P) & np.uint64(1))
