@@ -8,7 +8,8 @@
      "pty_links": {"detector": "ASRL/tmp/qnode-sim-XXXX/detector::INSTR"},
      "control": "tcp://127.0.0.1:P", "seed": S, "realtime": false, "pid": PID}
 
-and serves until SIGINT or SIGTERM, then exits 0. The ready line is also written to
+and serves until SIGINT or SIGTERM, then exits 0 (1 if it cannot start, e.g. ``--base-port``
+in use; 2 on bad arguments). The ready line is also written to
 ``$TMPDIR/qnode-sim-<uid>/latest.json`` so that ``qnode sim fault`` finds the newest world
 when neither ``--control`` nor ``QNODE_SIM_CONTROL`` names one.
 """
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import signal
 import sys
@@ -24,6 +26,7 @@ import tempfile
 from pathlib import Path
 
 import typer
+import zmq
 
 from sim_hw.cli import sim_app
 
@@ -54,19 +57,34 @@ def serve(
     json_out: bool = typer.Option(False, "--json", help="Print one JSON line once ready."),
     realtime: bool = typer.Option(False, help="Never simulate ahead of wall clock."),
     control: str = typer.Option("tcp://127.0.0.1:0", help="Control endpoint (ZeroMQ REP)."),
+    base_port: int = typer.Option(
+        0, help="Fixed ports: source, attenuator, timetagger, detector socket from here on."
+    ),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log every exchange (stderr)."),
 ) -> None:
     """Start the emulated instruments of one link on loopback and serve until SIGINT/SIGTERM."""
     params = load_params(preset, link, distance)
-    asyncio.run(_serve(params, seed, realtime, control, json_out))
+    if verbose:
+        logging.basicConfig(level=logging.DEBUG, stream=sys.stderr,
+                            format="%(asctime)s %(name)s %(message)s")  # fmt: skip
+    if not 0 <= base_port <= 65532:
+        raise typer.BadParameter(f"--base-port {base_port}: 1 ... 65532, or 0 for ephemeral")
+    try:
+        asyncio.run(_serve(params, seed, realtime, control, json_out, base_port))
+    except (OSError, zmq.ZMQError) as exc:  # a fixed port in use, no ptys, ...
+        typer.echo(f"qnode sim serve: {exc}", err=True)
+        raise typer.Exit(1) from None
     raise typer.Exit(0)
 
 
-async def _serve(params, seed: int, realtime: bool, control: str, json_out: bool) -> None:
+async def _serve(
+    params, seed: int, realtime: bool, control: str, json_out: bool, base_port: int
+) -> None:
     from sim_hw.world import World, WorldServer
 
     world = World(params, seed=seed, realtime=realtime)
     world.warm_up()
-    server = WorldServer(world, control)
+    server = WorldServer(world, control, base_port)
     info = await server.start()
     info["pid"] = os.getpid()
     stop = asyncio.Event()
@@ -110,8 +128,6 @@ def _remove_latest(line: str) -> None:
 
 def control_request(endpoint: str, request: dict, timeout_ms: int = 3000) -> dict:
     """Send one JSON request to a world's control endpoint and return its reply."""
-    import zmq
-
     ctx = zmq.Context.instance()
     sock = ctx.socket(zmq.REQ)
     sock.setsockopt(zmq.LINGER, 0)

@@ -52,11 +52,14 @@ async def serve_session(
     """Answer one connection until it closes; return True if a ``drop`` fault ended it."""
     framer = device.new_framer()
     faults = device.faults
+    debug = log.isEnabledFor(logging.DEBUG)  # every exchange, when asked for (serve -v)
     while True:
         data = await reader.read(READ_SIZE)
         if not data:
             return False
         for msg in framer.feed(data):
+            if debug:
+                log.debug("%s <- %r", device.name, msg[:200])
             kind = faults.take_drop_or_stall()
             if kind == "drop":
                 log.info("%s: fault drop on %r", device.name, msg[:60])
@@ -74,6 +77,8 @@ async def serve_session(
             if delay_s:
                 await asyncio.sleep(delay_s)
             if reply is not None:
+                if debug:
+                    log.debug("%s -> %r (%d bytes)", device.name, reply[:200], len(reply))
                 writer.write(reply)
                 await writer.drain()
 

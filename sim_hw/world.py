@@ -223,8 +223,11 @@ class WorldServer:
     I|null, "kind": K|null}``.
     """
 
-    def __init__(self, world: World, control: str = "tcp://127.0.0.1:0") -> None:
+    def __init__(
+        self, world: World, control: str = "tcp://127.0.0.1:0", base_port: int = 0
+    ) -> None:
         self.world = world
+        self.base_port = base_port  # 0: ephemeral ports; else source, attenuator, tagger, +3
         self._control_address = control
         self.control = ""
         self._workdir = ""
@@ -237,9 +240,10 @@ class WorldServer:
         """Open every endpoint; return the ``--json`` ready line's content."""
         w = self.world
         self._workdir = tempfile.mkdtemp(prefix="qnode-sim-")
-        tcp = {name: TcpEndpoint(w.instruments[name]) for name in ("source", "attenuator",
-                                                                    "timetagger")}  # fmt: skip
-        serial_tcp = TcpEndpoint(w.detector)
+        roles = ("source", "attenuator", "timetagger")
+        port = (lambda k: self.base_port + k) if self.base_port else (lambda k: 0)
+        tcp = {name: TcpEndpoint(w.instruments[name], port=port(k)) for k, name in enumerate(roles)}
+        serial_tcp = TcpEndpoint(w.detector, port=port(3))
         pty = PtyEndpoint(w.detector, f"{self._workdir}/detector")
         self._endpoints = [*tcp.values(), serial_tcp, pty]
         for endpoint in self._endpoints:

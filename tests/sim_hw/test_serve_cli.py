@@ -109,3 +109,42 @@ def test_serve_refuses_bad_link_arguments(args, message):
     assert done.returncode == 2
     assert message in done.stderr
     assert done.stdout == ""
+
+
+def _free_port_run(n: int) -> int:
+    """A base port with ``n`` consecutive free ports after it (checked by binding them)."""
+    for base in range(23000, 60000, 97):
+        socks = []
+        try:
+            for k in range(n):
+                s = socket.socket()
+                socks.append(s)
+                s.bind(("127.0.0.1", base + k))
+            return base
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+    raise RuntimeError("no free port run")
+
+
+def test_fixed_base_port_and_a_clear_failure_when_it_is_taken():
+    base = _free_port_run(4)
+    cmd = serve_command(preset="gys") + ["--base-port", str(base)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        info = json.loads(proc.stdout.readline())
+        ports = [int(info["instruments"][r].split("::")[2]) for r in
+                 ("source", "attenuator", "timetagger")]  # fmt: skip
+        assert ports == [base, base + 1, base + 2]
+        assert info["serial_socket"]["detector"] == f"ASRLsocket://127.0.0.1:{base + 3}::INSTR"
+        taken = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+        assert taken.returncode == 1 and taken.stdout == ""
+        assert "address already in use" in taken.stderr.lower()
+        assert proc.poll() is None  # the first world is unharmed
+    finally:
+        proc.terminate()
+        assert proc.wait(30) == 0
+        proc.stdout.close()
+        proc.stderr.close()
