@@ -98,7 +98,7 @@ class ReceiverParams(_Section):
     efficiency: float | tuple[float, float, float, float] = 0.1
     dark_count_prob: float = Field(1e-6, ge=0, lt=1)
     afterpulse_prob: float = Field(0.0, ge=0, lt=1)
-    afterpulse_window_ns: float = Field(10.0, ge=0, le=1e6)
+    afterpulse_window_ns: float = Field(10.0, ge=0, le=1e4)
     dead_time_ns: float = Field(0.0, ge=0, le=1e6)
     jitter_ps: float = Field(50.0, ge=0, le=1e6)
     misalignment: float = Field(0.01, ge=0, le=0.5)
@@ -406,7 +406,7 @@ def expected_stats(
     for k in range(3):
         rows = []
         for w, ab, x, bb in configs:
-            c = click_probs(p, k, ab, x, bb) if light_on else _dark_only(p, bb)
+            c = click_probs(p, k, ab, x, bb) if light_on else dark_click_probs(p, bb)
             rows.append((w, ab, x, c))
         per_class.append(rows)
     # Mean primary click probability of each detector per slot.
@@ -440,7 +440,8 @@ def expected_stats(
     return result
 
 
-def _dark_only(p: LinkParams, bob_basis: int) -> tuple[float, float, float, float]:
+def dark_click_probs(p: LinkParams, bob_basis: int) -> tuple[float, float, float, float]:
+    """Click probabilities with the light off: dark counts of the gated pair only."""
     pdc = p.receiver.dark_count_prob
     out = [0.0, 0.0, 0.0, 0.0]
     out[2 * bob_basis] = out[2 * bob_basis + 1] = pdc

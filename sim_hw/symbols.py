@@ -45,13 +45,9 @@ def symbol_of_word(
     u_class = z >> np.uint64(32)
     u_basis = (z >> np.uint64(1)) & np.uint64(0x7FFFFFFF)
     bit = z & np.uint64(1)
-    basis = np.uint64(0) if u_basis < t_z else np.uint64(1)
-    if u_class < t_signal:
-        cls = np.uint64(0)
-    elif u_class < t_signal_decoy:
-        cls = np.uint64(1)
-    else:
-        cls = np.uint64(2)
+    # Branch-free (comparisons as 0/1): these fields are random, branches would mispredict.
+    basis = np.uint64(u_basis >= t_z)
+    cls = np.uint64(u_class >= t_signal) + np.uint64(u_class >= t_signal_decoy)
     return np.uint8(basis | (bit << np.uint64(1)) | (cls << np.uint64(2)))
 
 
