@@ -22,6 +22,7 @@ import selectors
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 from collections.abc import Iterator
 from concurrent.futures import Future
@@ -101,24 +102,25 @@ def running_world(
 ) -> Iterator[WorldProcess]:
     """Start ``qnode sim serve --json`` as a subprocess; yield its handle; stop it after."""
     cmd = serve_command(preset, link, distance_km, seed, realtime)
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    try:
-        line = _read_ready_line(proc, start_timeout_s)
-        yield WorldProcess(json.loads(line), proc)
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        for stream in (proc.stdout, proc.stderr):
-            if stream is not None:
-                stream.close()
+    # stderr goes to a file, never a pipe nobody drains (a full pipe would freeze the world)
+    with tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err)
+        try:
+            line = _read_ready_line(proc, start_timeout_s, err)
+            yield WorldProcess(json.loads(line), proc)
+        finally:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+            if proc.stdout is not None:
+                proc.stdout.close()
 
 
-def _read_ready_line(proc: subprocess.Popen, timeout_s: float) -> bytes:
+def _read_ready_line(proc: subprocess.Popen, timeout_s: float, err) -> bytes:
     assert proc.stdout is not None
     with selectors.DefaultSelector() as sel:
         sel.register(proc.stdout, selectors.EVENT_READ)
@@ -126,8 +128,9 @@ def _read_ready_line(proc: subprocess.Popen, timeout_s: float) -> bytes:
             raise TimeoutError(f"qnode sim serve printed nothing in {timeout_s} s")
     line = proc.stdout.readline()
     if not line:
-        err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
-        raise RuntimeError(f"qnode sim serve exited ({proc.wait()}) before ready:\n{err[-2000:]}")
+        err.seek(0)
+        text = err.read().decode(errors="replace")
+        raise RuntimeError(f"qnode sim serve exited ({proc.wait()}) before ready:\n{text[-2000:]}")
     return line
 
 
