@@ -28,6 +28,7 @@ import zmq
 import zmq.asyncio
 
 from qnode.linkmodel import LinkConfigError, LinkParams
+from sim_hw import symbols
 from sim_hw.attenuator import Attenuator
 from sim_hw.detector import DetectorModule
 from sim_hw.faults import FaultError
@@ -71,8 +72,6 @@ class World:
 
     def warm_up(self) -> None:
         """Compile (or load from cache) the numba kernels before anyone waits on a reply."""
-        from sim_hw import symbols
-
         probe = LinkSimulator(self.effective_params(), 0, self.seed)
         probe.simulate(0, 1 << 17)
         symbols.symbols_range(0, 0, 16, 0.5, 0.8, 0.1)
