@@ -103,6 +103,8 @@ def _rows_for(n: int, reps: int, peer_reps: int) -> list[dict[str, Any]]:
         agree_c = bool(np.array_equal(np.asarray(y_c, dtype=np.uint8), y_q))
         rows.append({**params, "impl": "cryptomite", "mbps": n / t_c / 1e6, "agree": agree_c})
     for row in rows:
+        if "agree" in row:
+            row["note"] = "bit-identical to qnode" if row["agree"] else "OUTPUT DIFFERS from qnode"
         if row["impl"] != "qnode" and "mbps" in row:
             row["ratio"] = round(rows[0]["mbps"] / row["mbps"], 2)
             row["ratio_of"] = f"qnode/{row['impl']} mbps"

@@ -46,7 +46,7 @@ def sdp_parallel(u_rows: np.ndarray, b_rows: np.ndarray, wide: bool = True) -> n
         u_rows, b_rows = _split(u_rows, b_rows)
         n //= 2
         levels += 1
-    out = sdp_batch(np.ascontiguousarray(u_rows), np.ascontiguousarray(b_rows), wide)
+    out = sdp_batch(u_rows, b_rows, wide)
     for _ in range(levels):
         out = _merge(out)
     return out
