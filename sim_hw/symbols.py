@@ -15,7 +15,7 @@ transmitter must use a physical random source.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+from numba import njit, prange
 
 GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _M1 = np.uint64(0xBF58476D1CE4E5B9)
@@ -116,3 +116,33 @@ def decode(symbols: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Split symbol bytes into ``(basis, bit, intensity)`` uint8 arrays."""
     s = np.asarray(symbols, dtype=np.uint8)
     return s & 1, (s >> 1) & 1, (s >> 2) & 3
+
+
+@njit(cache=True, parallel=True)
+def _class_counts(first, count, ka, kb, t_s, t_sd):
+    chunk = 1 << 20
+    n_chunks = (count + chunk - 1) // chunk
+    per = np.zeros((n_chunks, 3), dtype=np.int64)
+    for c in prange(n_chunks):
+        lo = first + c * chunk
+        hi = min(first + count, lo + chunk)
+        n_signal = 0
+        n_decoy = 0
+        for s in range(lo, hi):
+            u_class = slot_word(np.uint64(s), ka, kb) >> np.uint64(32)
+            n_signal += u_class < t_s
+            n_decoy += (u_class >= t_s) & (u_class < t_sd)
+        per[c, 0] = n_signal
+        per[c, 1] = n_decoy
+        per[c, 2] = (hi - lo) - n_signal - n_decoy
+    return per.sum(axis=0)
+
+
+def class_counts(
+    key: int, first_slot: int, count: int, p_signal: float, p_decoy: float
+) -> np.ndarray:
+    """Exact number of signal, decoy and vacuum slots in a range, without storing symbols."""
+    if first_slot < 0 or count < 0:
+        raise ValueError(f"first_slot and count must be >= 0 (got {first_slot}, {count})")
+    _, t_s, t_sd = thresholds(0.5, p_signal, p_decoy)
+    return _class_counts(np.int64(first_slot), np.int64(count), *subkeys(key), t_s, t_sd)
