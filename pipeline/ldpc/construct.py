@@ -32,6 +32,8 @@ DATA_DIR = Path(__file__).with_name("data")
 FAMILY: list[tuple[str, str, int, int, int]] = [
     ("qc_r0.90_n131072", "elkouss_r0.90", 256, 512, 1),
     ("qc_r0.85_n131072", "elkouss_r0.85", 256, 512, 1),
+    ("qcb_r0.90_n131072", "blindvar_r0.90", 512, 256, 1),
+    ("qcb_r0.85_n131072", "blindvar_r0.85", 256, 512, 1),
     ("qc_r0.80_n131072", "blind_r0.8", 256, 512, 1),
     ("qc_r0.75_n131072", "elkouss_r0.75", 256, 512, 1),
     ("qc_r0.70_n131072", "blind_r0.7", 256, 512, 1),

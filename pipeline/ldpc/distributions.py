@@ -43,6 +43,11 @@ class DegreeDistribution:
 _ELKOUSS = "Elkouss et al., ISIT 2009, Table I"
 _BLIND = "Martinez-Mateo et al., Blind reconciliation, QIC 2012, App. B"
 
+_BLIND_R08_LAM = {
+    2: 0.0667948, 3: 0.194832, 4: 0.0570523, 5: 0.0645024, 9: 0.204606, 15: 0.0964409,
+    29: 0.23872, 35: 0.0770523,
+}  # fmt: skip
+
 DISTRIBUTIONS: dict[str, DegreeDistribution] = {
     d.name: d
     for d in (
@@ -140,6 +145,23 @@ DISTRIBUTIONS: dict[str, DegreeDistribution] = {
             {30: 0.708874, 31: 0.291126},
             0.0289413,
             _BLIND,
+        ),
+        # Not published: the blind R 0.8 variable side with the check degree raised to reach
+        # R 0.85 / 0.9 (the published high-rate rows converge slowly with BP at finite length).
+        # Thresholds are not from density evolution; their efficiency is measured (qnode perf).
+        DegreeDistribution(
+            "blindvar_r0.85",
+            dict(_BLIND_R08_LAM),
+            {40: 0.6, 41: 0.4},
+            0.0,
+            _BLIND + ", variable side; check degree raised",
+        ),
+        DegreeDistribution(
+            "blindvar_r0.90",
+            dict(_BLIND_R08_LAM),
+            {60: 0.4, 61: 0.6},
+            0.0,
+            _BLIND + ", variable side; check degree raised",
         ),
         DegreeDistribution(
             "blind_r0.7",

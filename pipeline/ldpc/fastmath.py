@@ -45,7 +45,7 @@ def bits_f32(typingctx, x):
     return types.float32(x), codegen
 
 
-@njit(cache=True, inline="always", fastmath=True)
+@njit(cache=True, inline="always", fastmath=True, error_model="numpy")
 def exp_neg(x):
     """exp(-x) for float32 x in [0, 87]: 2^(integer part) by exponent bits, 2^frac by a quartic."""
     y = x * np.float32(-_LOG2E)
@@ -60,15 +60,15 @@ def exp_neg(x):
     return bits_f32((np.int32(fl) + np.int32(127)) << np.int32(23)) * p
 
 
-@njit(cache=True, inline="always", fastmath=True)
+@njit(cache=True, inline="always", fastmath=True, error_model="numpy")
 def log_pos(w):
     """Natural log of a positive normal float32: exponent bits + degree-5 polynomial."""
     b = f32_bits(w)
-    e = ((b >> np.int32(23)) & np.int32(0xFF)) - np.int32(127)
+    e = np.int32(((b >> np.int32(23)) & np.int32(0xFF)) - np.int32(127))
     m = bits_f32((b & np.int32(0x7FFFFF)) | np.int32(0x3F800000))
     big = m > np.float32(_SQRT2)
     m = m * np.float32(0.5) if big else m
-    e = e + np.int32(1) if big else e
+    e = np.int32(e + np.int32(1)) if big else e
     t = m - np.float32(1.0)
     q = np.float32(-0.143384745)
     q = q * t + np.float32(0.220705394)
@@ -79,11 +79,24 @@ def log_pos(w):
     return np.float32(e) * np.float32(_LN2) + t * q
 
 
-@njit(cache=True, inline="always", fastmath=True)
+@njit(cache=True, inline="always", fastmath=True, error_model="numpy")
 def phi(x):
     """Gallager's phi(x) = -ln tanh(x/2) = ln((1+e^-x)/(1-e^-x)) for x in [1e-6, 40]; phi(phi(x)) = x."""
     u = exp_neg(x)
     return log_pos((np.float32(1.0) + u) / max(np.float32(1.0) - u, np.float32(6e-8)))
+
+
+@njit(cache=True, inline="always", fastmath=True, error_model="numpy")
+def tanh_half(x):
+    """tanh(x / 2) = (1 - e^-x) / (1 + e^-x) for float32 x in [0, 87]."""
+    u = exp_neg(x)
+    return (np.float32(1.0) - u) / (np.float32(1.0) + u)
+
+
+@njit(cache=True, inline="always", fastmath=True, error_model="numpy")
+def atanh2(y):
+    """2 atanh(y) = ln((1 + y) / (1 - y)) for float32 y in [0, 1), capped near 17."""
+    return log_pos((np.float32(1.0) + y) / max(np.float32(1.0) - y, np.float32(6e-8)))
 
 
 import numpy as np  # noqa: E402  (numba resolves np at compile time; kept last for the intrinsics)

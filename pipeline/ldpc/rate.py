@@ -22,8 +22,8 @@ from .codes import QCCode, load_code
 
 # Stored mother codes, highest rate first; the planner tries them all.
 FAMILY_CODES = (
-    "qc_r0.90_n131072",
-    "qc_r0.85_n131072",
+    "qcb_r0.90_n131072",
+    "qcb_r0.85_n131072",
     "qc_r0.80_n131072",
     "qc_r0.75_n131072",
     "qc_r0.70_n131072",
