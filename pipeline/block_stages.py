@@ -31,9 +31,9 @@ from pipeline.reconciliation import ReconcilerAlice, ReconcilerBob
 SOURCE_KEYS = ("mu_signal", "mu_decoy", "mu_vacuum", "p_signal", "p_decoy", "p_vacuum")
 
 
-def frame_key_bits(qber: float) -> int:
+def frame_key_bits(qber: float, f_target: float = 1.15) -> int:
     """Key bits per LDPC frame that Alice's reconciler will plan for this QBER estimate."""
-    return plan_frame(min(max(qber, 0.0), 0.5)).key_bits
+    return plan_frame(min(max(qber, 0.0), 0.5), f_target).key_bits
 
 
 def decoy_settings(source: dict[str, Any], eps_sec: float, eps_cor: float) -> DecoySettings:
@@ -92,7 +92,9 @@ class AliceBlock(_Common):
         if reason:
             return self.fail(reason)
         self.settings = decoy_settings(self.data.source, self.data.eps_sec, self.data.eps_cor)
-        self.rec = ReconcilerAlice(self.data.block, self.qber_z, eps_cor=self.data.eps_cor)
+        self.rec = ReconcilerAlice(
+            self.data.block, self.qber_z, eps_cor=self.data.eps_cor, f_target=self.data.f_target
+        )
         start = {"type": "block_start", "block": self.data.block,
                  **{k: float(self.data.source[k]) for k in SOURCE_KEYS}}  # fmt: skip
         self._bob_done: Message | None = None
@@ -212,3 +214,38 @@ def _meta(data: BlockInput, secret: int, qber_x: float, figures: dict[str, Any])
 
 def make(role: str, data: BlockInput) -> BlockSide:
     return AliceBlock(data) if role == "alice" else BobBlock(data)
+
+
+def warm_up() -> None:
+    """Compile (or load from numba's cache) every kernel a block needs, on a synthetic block,
+    so that the first real block is not held up by compilation mid-protocol."""
+    from pipeline.channel import loopback_pair
+    from pipeline.sifting import sift_loopback
+
+    rng = np.random.default_rng(0)
+    slots = np.arange(0, 4000, 4, dtype=np.int64)
+    sym = rng.integers(0, 2, (5, slots.size), dtype=np.uint8)
+    sift_loopback(0, slots, sym[0], sym[1], sym[2], sym[3], sym[4] % 2)
+    n = frame_key_bits(0.02) + 100
+    alice_bits = rng.integers(0, 2, n, dtype=np.uint8)
+    bob_bits = alice_bits ^ (rng.random(n) < 0.02).astype(np.uint8)
+    n_x = np.array([n - n // 10, n // 10, 0])
+    counts = np.stack([n_x * 80, n_x]).astype(np.int64)
+    common = dict(block=0, frames=[0], counts=counts, test_errors=counts[0] // 50,
+                  frame_slots=1 << 24, eps_sec=1e-10, eps_cor=1e-12, qber_abort=0.11)  # fmt: skip
+    source = {k: v for k, v in zip(SOURCE_KEYS, (0.5, 0.1, 0.0, 0.7, 0.2, 0.1), strict=True)}
+    alice = AliceBlock(BlockInput(key_bits=alice_bits, source=source, **common))
+    bob = BobBlock(BlockInput(key_bits=bob_bits, **common))
+    a_end, b_end = loopback_pair()
+    for m in alice.start():
+        a_end.send(m)
+    bob.start()
+    for _ in range(50):
+        if not (a_end.pending() or b_end.pending()):
+            break
+        while b_end.pending():
+            for m in bob.handle(b_end.recv()):
+                b_end.send(m)
+        while a_end.pending():
+            for m in alice.handle(a_end.recv()):
+                a_end.send(m)

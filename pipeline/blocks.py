@@ -39,6 +39,7 @@ class BlockInput:
     eps_sec: float
     eps_cor: float
     qber_abort: float
+    f_target: float = 1.15
     source: dict[str, float] = field(default_factory=dict)  # Alice's intensities, probabilities
 
 

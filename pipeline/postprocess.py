@@ -301,7 +301,7 @@ class PostProcess:
         try:
             from pipeline.block_stages import frame_key_bits
 
-            k = frame_key_bits(errors / z if z else 0.05)
+            k = frame_key_bits(errors / z if z else 0.05, self.cfg.pipeline.f_target)
         except (ImportError, ValueError):
             return self.block_bits
         return -(-self.block_bits // k) * k
@@ -379,6 +379,7 @@ class PostProcess:
             eps_cor=self.cfg.pipeline.eps_cor,
             qber_abort=self.cfg.pipeline.qber_abort,
             source=dict(self.source_settings),
+            f_target=self.cfg.pipeline.f_target,
         )
         if isinstance(self.commit, CommitResponder):
             self.commit.expect(block)
@@ -553,6 +554,14 @@ class PostProcess:
 
     # ------------------------------------------------------------------ main loop
     def run(self) -> None:
+        try:
+            from pipeline.block_stages import warm_up
+
+            t0 = time.monotonic()
+            warm_up()
+            log.info("block stages warmed up in %.1f s", time.monotonic() - t0)
+        except ImportError as exc:
+            log.warning("block stages not available: %s", exc)
         self._started = time.monotonic()
         while self.running:
             poller = zmq.Poller()

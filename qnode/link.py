@@ -12,6 +12,7 @@ Processes are separate (``python -m qnode node``), exactly as on two hosts.
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -30,7 +31,6 @@ from qnode.keystore import KeyStore
 
 # Default post-processing block: small enough that a default run yields keys within a minute.
 DEFAULT_BLOCK_BITS = 100_000
-DEFAULT_FRAME_SLOTS = 1 << 24
 
 
 class LinkError(RuntimeError):
@@ -45,12 +45,31 @@ class LinkOptions:
     duration_s: float | None = 30.0
     keys: int | None = None  # stop once this many key blocks are committed on both sides
     block_bits: int = DEFAULT_BLOCK_BITS
-    frame_slots: int = DEFAULT_FRAME_SLOTS
+    frame_slots: int = 0  # 0: chosen from the link (auto_frame_slots)
     seed: int = 1
     auth: str = "hmac"
     workdir: Path | None = None
     start_timeout_s: float = 90.0
     controller_configs: dict[str, Path] = field(default_factory=dict)  # see controller_configs()
+
+
+TARGET_KEY_BITS_PER_FRAME = 8_000
+
+
+def auto_frame_slots(params: linkmodel.LinkParams) -> int:
+    """A power-of-two frame giving about 8 k key-basis (X) bits per frame.
+
+    Blocks end on frame boundaries and the bits past the last whole LDPC frame are paid for bit
+    by bit in the key length (pipeline/block_stages.py), so frames must be small against an LDPC
+    frame (~1.3e5 bits) yet large enough that one sifting round trip per frame is cheap.
+    """
+    eta = linkmodel.total_transmittance(params)
+    src = params.source
+    clicks = sum(src.p_class(k) * linkmodel.gain_poisson(src.mu(k), eta, 0.0) for k in range(3))
+    key_fraction = (1.0 - src.p_basis_z) * (1.0 - params.p_bob_z)
+    per_slot = max(clicks * key_fraction, 1e-12)
+    slots = TARGET_KEY_BITS_PER_FRAME / per_slot
+    return int(min(1 << 26, max(1 << 16, 1 << round(math.log2(slots)))))
 
 
 def link_params(opts: LinkOptions) -> linkmodel.LinkParams:
@@ -131,7 +150,10 @@ def write_configs(
             "bench": str(bench),
             "peer": peer,
             "keystore": {"path": str(workdir / f"{role}-keys.db")},
-            "pipeline": {"block_bits": opts.block_bits, "frame_slots": opts.frame_slots},
+            "pipeline": {
+                "block_bits": opts.block_bits,
+                "frame_slots": opts.frame_slots or auto_frame_slots(params),
+            },
         }
         if role in opts.controller_configs:
             node["controller"] = str(opts.controller_configs[role])

@@ -109,7 +109,9 @@ def link_command(
     preset: str | None = typer.Option(None, "--preset", help="Link preset (gys, lim2014, snspd)."),
     link_file: Path | None = typer.Option(None, "--link", help="Link file (TOML)."),
     distance: float | None = typer.Option(None, "--distance", help="Fibre length in km."),
-    duration: float | None = typer.Option(None, "--duration", help="Run for S seconds."),
+    duration: float | None = typer.Option(
+        None, "--duration", help="Run for S seconds (default 30; with --keys: a time limit)."
+    ),
     keys: int | None = typer.Option(None, "--keys", help="Run until N key blocks are stored."),
     block_bits: int = typer.Option(0, "--block-bits", help="Sifted bits per finite-key block."),
     auth: str = typer.Option("hmac", "--auth", help="Classical channel: hmac | wegman-carter."),
@@ -138,20 +140,15 @@ def link_command(
     if preset and link_file:
         console.print("qnode link: give --preset or --link, not both")
         raise typer.Exit(2)
-    if duration is not None and keys is not None:
-        console.print("qnode link: give --duration or --keys, not both")
-        raise typer.Exit(2)
     if auth not in ("hmac", "wegman-carter"):
         console.print(f"qnode link: --auth must be hmac or wegman-carter, not {auth!r}")
         raise typer.Exit(2)
     opts = LinkOptions(
         preset=None if link_file else (preset or "snspd"), link_file=link_file,
-        distance_km=distance, duration_s=None if keys is not None else (duration or 30.0),
+        distance_km=distance, duration_s=duration if keys is not None else (duration or 30.0),
         keys=keys, block_bits=block_bits or DEFAULT_BLOCK_BITS, seed=seed, auth=auth,
         workdir=workdir,
     )  # fmt: skip
-    if keys is not None:
-        opts.duration_s = None
     try:
         link = Link(opts)
         attach_controllers(link, pki)  # a node controller (ETSI 014 KME) per node
