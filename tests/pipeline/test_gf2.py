@@ -6,9 +6,11 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from numba import njit
 
 from pipeline.gf2 import has_pclmul, mask_tail, pack_bits, unpack_bits, words_for
 from pipeline.gf2.bits import shift_up
+from pipeline.gf2.intrinsics import clmul_dot, clmul_rows2, clmul_rows8, clmul_rows8_by_pairs
 from pipeline.gf2.karatsuba import (
     BASE_WORDS,
     mul_karatsuba,
@@ -66,6 +68,40 @@ def test_cpu_detection_matches_proc_cpuinfo():
 def test_single_word_clmul_matches_bit_serial_product(a, b):
     product = mul_school(np.array([a], dtype=np.uint64), np.array([b], dtype=np.uint64))
     assert to_int(product) == clmul_int(a, b)
+
+
+@njit(cache=True)
+def _row_kernels(u, uo, b, count):  # pragma: no cover - numba
+    """Rows uo .. uo + 7 by each base-case kernel, and row by row with clmul_dot (reference)."""
+    out = np.zeros((5, 16), dtype=np.uint64)
+    clmul_rows8(u, uo, b, 0, count, out[0], 0)
+    clmul_rows8_by_pairs(u, uo, b, 0, count, out[1], 0)
+    for pair in range(4):
+        clmul_rows2(u, uo + 2 * pair, b, 0, count, out[2], 4 * pair)
+    for r in range(8):
+        out[3, 2 * r], out[3, 2 * r + 1] = clmul_dot(u, uo + r, b, 0, count, True)
+        out[4, 2 * r], out[4, 2 * r + 1] = clmul_dot(u, uo + r, b, 0, count, False)
+    return out
+
+
+@needs_pclmul
+@settings(max_examples=40, deadline=None)
+@given(
+    count=st.integers(min_value=0, max_value=70), uo=st.integers(0, 9), seed=st.integers(0, 2**32)
+)
+def test_base_case_kernels_agree_including_the_no_vpclmul_path(count, uo, seed):
+    rng = np.random.default_rng(seed)
+    u = rng.integers(0, 2**64, 100, dtype=np.uint64)
+    b = rng.integers(0, 2**64, 80, dtype=np.uint64)
+    out = _row_kernels(u, uo, b, count)
+    expected = np.zeros(16, dtype=np.uint64)
+    for r in range(8):
+        acc = 0
+        for j in range(count):
+            acc ^= clmul_int(int(u[uo + r + j]), int(b[j]))
+        expected[2 * r], expected[2 * r + 1] = acc & (2**64 - 1), acc >> 64
+    for k, name in enumerate(["rows8", "rows8 by pairs", "rows2", "dot 512", "dot 128"]):
+        assert np.array_equal(out[k], expected), name
 
 
 @needs_pclmul
