@@ -82,6 +82,7 @@ class _Side:
         self.verification_bits = 0
         self.remainder = np.zeros(0, np.uint8)
         self.n_frames = 0
+        self.plan_known = False
 
     def _batch(self, msg: Message) -> _Frames:
         if int(msg.get("block", -1)) != self.block:
@@ -101,7 +102,8 @@ class _Side:
 
     @property
     def done(self) -> bool:
-        return len(self.kept) + len(self.failed) == self.n_frames
+        """Every frame of the block is kept or dropped (False before the frame plan is known)."""
+        return self.plan_known and len(self.kept) + len(self.failed) == self.n_frames
 
     def result(self) -> SideResult:
         ids = sorted(self.kept)
@@ -152,6 +154,7 @@ class ReconcilerAlice(_Side):
         plan, code = self.plan, self.plan.code
         k = plan.key_bits
         self.n_frames = bits.size // k
+        self.plan_known = True
         self.remainder = bits[self.n_frames * k :].copy()
         # eps_cor holds for the whole block: each frame's tag gets eps_cor / frames
         self.verifier = VerifierAlice(self.eps_cor / max(self.n_frames, 1), self.rng)
@@ -207,6 +210,8 @@ class ReconcilerAlice(_Side):
             decoded = np.asarray(msg["decoded"], dtype=bool)
             if decoded.size != len(frames):
                 raise ValueError("ldpc_status has the wrong number of flags")
+            if not np.array_equal(np.asarray(msg["revealed"]), batch.revealed[idx]):
+                raise ValueError("ldpc_status: Bob's reveal counts differ from Alice's")
             batch.decoded = np.zeros(len(batch.ids), bool)
             batch.decoded[idx] = decoded
             for f in np.asarray(frames)[~decoded]:
@@ -242,7 +247,7 @@ class ReconcilerBob(_Side):
     ):
         super().__init__(block, eps_cor)
         self.first_iter, self.reveal_iter = first_iter, reveal_iter
-        self.verifier = VerifierBob()
+        self.verifier: VerifierBob | None = None
         self.bits: np.ndarray | None = None
         self._dec: dict[int, BatchDecoder] = {}  # live decoder state per unresolved batch
 
@@ -254,6 +259,7 @@ class ReconcilerBob(_Side):
         """
         self.bits = check_bits("bob_bits", bits)
         if frame_key_bits:
+            self.plan_known = True
             self.n_frames = bits.size // frame_key_bits
             self.remainder = bits[self.n_frames * frame_key_bits :].copy()
 
@@ -282,6 +288,8 @@ class ReconcilerBob(_Side):
         if kind == "verify_tags":
             _, _, key_pos, _ = batch.plan.layout()
             keys = [batch.words[i, key_pos] for i in idx]
+            if self.verifier is None:  # eps_cor is block-wide: each frame gets eps_cor / frames
+                self.verifier = VerifierBob(self.eps_cor / max(self.n_frames, 1))
             reply, outcome = self.verifier.handle_tags(msg, keys)
             self.verification_bits += outcome.public_bits
             self._finish(batch, outcome.frames, outcome.ok, keys)
@@ -300,7 +308,10 @@ class ReconcilerBob(_Side):
             raise ValueError(f"frames {ids[:3]}... do not fit Bob's {self.bits.size} bits")
         if any(f in self.frame_batch for f in ids):
             raise ValueError(f"frames {ids[:3]}... of block {self.block} were already received")
-        self.n_frames = max(self.n_frames, self.bits.size // k)
+        if self.plan_known and self.n_frames != self.bits.size // k:
+            raise ValueError("ldpc_syndrome: frame plan differs from the one agreed")
+        self.plan_known = True
+        self.n_frames = self.bits.size // k
         self.remainder = self.bits[(self.bits.size // k) * k :].copy()
         packed = np.asarray(msg["syndromes"])
         if packed.dtype != np.uint8 or packed.shape != (len(ids), -(-code.m // 8)):

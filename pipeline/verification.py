@@ -131,19 +131,31 @@ class VerifierAlice:
 
 
 class VerifierBob:
-    """Bob's side: recomputes the tags on his decoded frames and returns the verdicts."""
+    """Bob's side: recomputes the tags on his decoded frames and returns the verdicts.
+
+    Bob refuses tags weaker than ``eps_cor`` asks for (too few evaluations), so a faulty or
+    hostile peer cannot switch verification off.
+    """
+
+    def __init__(self, eps_cor: float = DEFAULT_EPS_COR) -> None:
+        self.eps_cor = eps_cor
 
     def handle_tags(
         self, msg: Message, keys: list[np.ndarray]
     ) -> tuple[Message, VerificationOutcome]:
         """Compare Alice's tags with Bob's frames (same order as ``msg['frames']``)."""
         frames = [int(f) for f in msg["frames"]]
-        points = np.asarray(msg["points"], dtype=np.uint64)
-        tags = np.asarray(msg["tags"], dtype=np.uint64)
-        if points.shape != tags.shape or points.shape[0] != len(frames) != len(keys):
+        points = np.asarray(msg["points"])
+        tags = np.asarray(msg["tags"])
+        if points.dtype != np.uint64 or tags.dtype != np.uint64 or points.ndim != 2:
+            raise ValueError("verify_tags: points and tags must be uint64 (frames, evaluations)")
+        if points.shape != tags.shape or points.shape[0] != len(frames):
             raise ValueError("verify_tags: frames, points and tags do not match")
         if len(keys) != len(frames):
             raise ValueError("verify_tags: one key per frame id")
+        n_bits = max((k.size for k in keys), default=0)
+        if points.shape[1] < hash_repetitions(n_bits, self.eps_cor):
+            raise ValueError("verify_tags: fewer hash evaluations than eps_cor requires")
         ok = np.array(
             [np.array_equal(poly_hash(k, points[i]), tags[i]) for i, k in enumerate(keys)],
             dtype=bool,
@@ -154,5 +166,5 @@ class VerifierBob:
             "frames": frames,
             "ok": ok.astype(np.uint8),
         }
-        reps = points.shape[1] if points.ndim == 2 else 0
+        reps = points.shape[1]
         return reply, VerificationOutcome(frames, ok, (61 * reps + 1) * ok.size)

@@ -104,3 +104,16 @@ def test_bad_messages_raise():
         alice.tags(0, [0], [])
     with pytest.raises(ValueError):
         poly_hash(np.array([0, 2], np.uint8), np.array([1], np.uint64))
+
+
+def test_bob_refuses_tags_weaker_than_eps_cor():
+    keys = [np.zeros(1000, np.uint8)]
+    weak = {"type": "verify_tags", "block": 0, "frames": [0],
+            "points": np.zeros((1, 0), np.uint64), "tags": np.zeros((1, 0), np.uint64)}  # fmt: skip
+    with pytest.raises(ValueError):
+        VerifierBob().handle_tags(weak, keys)
+    one = VerifierAlice(1e-12, np.random.default_rng(0)).tags(0, [0], keys)
+    with pytest.raises(ValueError):
+        VerifierBob(eps_cor=1e-20).handle_tags(one, keys)  # needs two evaluations
+    reply, out = VerifierBob(eps_cor=1e-12).handle_tags(one, keys)
+    assert out.ok.tolist() == [True] and reply["ok"].tolist() == [1]
