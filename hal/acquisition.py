@@ -121,6 +121,7 @@ class Acquisition:
         rates = (self.detections - self._last_counts) / max(dt, 1e-9)
         payload: dict[str, Any] = {
             "frames": self.frames_out,
+            "frame_slots": self.cfg.pipeline.frame_slots,
             "paused": self.paused,
             "faults": self.faults,
         }
