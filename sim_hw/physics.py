@@ -281,6 +281,8 @@ class LinkSimulator:
         """Use new parameters from the next call on (attenuator, detector, source changes)."""
         if not isinstance(params, lm.LinkParams):
             raise TypeError("params must be a qnode.linkmodel.LinkParams")
+        if getattr(self, "_params", None) == params:
+            return  # the world calls this before every chunk; nothing changed
         self._params = params
         src = params.source
         self._thresholds = thresholds(src.p_basis_z, src.p_signal, src.p_decoy)
