@@ -27,6 +27,7 @@ import math
 import signal
 import subprocess
 import sys
+import tempfile
 import tomllib
 from importlib import resources as importlib_resources
 from pathlib import Path
@@ -195,12 +196,17 @@ class SimWorld:
         if self.cfg.attach:
             self.instruments = attach_world(self.cfg.attach)
             return self.instruments
+        # stderr goes to a file, not a pipe: an undrained pipe would freeze a chatty world.
+        self._stderr = tempfile.TemporaryFile(mode="w+")
         self.proc = subprocess.Popen(
-            self.command(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+            self.command(), stdout=subprocess.PIPE, stderr=self._stderr, text=True
         )
         line = _readline_timeout(self.proc, self.start_timeout_s)
         if not line:
-            err = self.proc.stderr.read() if self.proc.poll() is not None else ""
+            err = ""
+            if self.proc.poll() is not None:
+                self._stderr.seek(0)
+                err = self._stderr.read()
             self.stop()
             raise BenchError(f"`{' '.join(self.command()[2:])}` printed no resources. {err[-500:]}")
         self.instruments = _parse_world_line(line, "qnode sim serve")
