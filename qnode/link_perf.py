@@ -6,7 +6,8 @@ second (slots processed / clock rate), which is what ``predicted_skr_mbps``
 (:func:`pipeline.keyrate.expected_key_rate` for the same link, intensities and block size)
 predicts; ``sim_speed`` = simulated seconds per wall second (the emulated instruments' transport
 bounds it); ``rss_mb`` = the larger node's resident memory (supervisor + its processes), both
-nodes given as ``rss_mb_alice`` / ``rss_mb_bob`` with their growth over the run.
+nodes given as ``rss_mb_alice`` / ``rss_mb_bob``, and ``rss_growth_mb`` from 15 s into the run
+to its end (a full run lasts 10 minutes so that a leak shows; ``--quick`` 45 s).
 """
 
 from __future__ import annotations
@@ -57,12 +58,15 @@ def measure(duration_s: float) -> dict[str, Any]:
     try:
         link.start()
         pids = {r: link.procs[r].pid for r in ("alice", "bob")}
-        rss_start = {r: _rss_mb(pids[r]) for r in pids}
-        rss_peak = dict(rss_start)
+        rss_peak = {r: 0.0 for r in pids}
+        rss_start: dict[str, float] = {}
         while not link.done():
             link.poll(1.0)
             for r in pids:
                 rss_peak[r] = max(rss_peak[r], _rss_mb(pids[r]))
+            if not rss_start and time.monotonic() - link.t0 > 15:  # after warm-up
+                rss_start = {r: _rss_mb(pids[r]) for r in pids}
+        rss_start = rss_start or {r: 0.0 for r in pids}
         rss_end = {r: _rss_mb(pids[r]) for r in pids}
         wall = time.monotonic() - link.t0
         bob = link.link_payload("bob")
@@ -99,4 +103,4 @@ def measure(duration_s: float) -> dict[str, Any]:
 def perf_rows(quick: bool = False, stages: list[str] | None = None) -> list[dict]:
     if stages is not None and "link" not in stages:
         return []
-    return [measure(20.0 if quick else 120.0)]
+    return [measure(45.0 if quick else 600.0)]
