@@ -11,9 +11,10 @@ FFT range):
   "middle product" of Hanrot, Quercia and Zimmermann (2004) -- and costs one ``N x N`` product
   instead of ``2N x N``; privacy amplification is built on it.
 
-Recursions split even sizes only; callers pad sizes to ``b * 2^k`` (:func:`padded_size`). The
-recursion passes whole arrays plus offsets and one preallocated scratch array, so no level slices
-or allocates (slices would cost reference-count traffic at every one of the ~3^k leaves).
+Recursions split even sizes only; callers pad sizes to ``b * 2^k`` (:func:`padded_size`). They run
+depth-first on an explicit stack (numba cannot cache recursive functions, numba#6061) inside one
+arena array addressed by offsets, so no level slices or allocates (slices would cost
+reference-count traffic at every one of the ~3^k leaves).
 """
 
 from __future__ import annotations
@@ -52,6 +53,17 @@ def _xor(mem, dst, a, b, n):  # pragma: no cover - numba
 
 
 @njit(cache=True)
+def _push(stack, top, first, second, out, n, work):  # pragma: no cover - numba
+    """Frame of the explicit recursion stack: operand, operand, output, size, scratch, stage 0."""
+    stack[top, 0] = first
+    stack[top, 1] = second
+    stack[top, 2] = out
+    stack[top, 3] = n
+    stack[top, 4] = work
+    stack[top, 5] = 0
+
+
+@njit(cache=True)
 def mul_school(a, b):  # pragma: no cover - numba
     """Full product by schoolbook, one PCLMULQDQ per word pair (the reference for tests)."""
     out = np.zeros(a.size + b.size, dtype=np.uint64)
@@ -70,15 +82,8 @@ def _mul_iter(mem, ao, bo, oo, n, wo):  # pragma: no cover - numba
     a b = a0 b0 + [(a0 + a1)(b0 + b1) + a0 b0 + a1 b1] z^h + a1 b1 z^2h; ``mem[wo:]`` holds >= 4n
     words of scratch. Iterative because numba cannot cache recursive functions (numba#6061).
     """
-    stack = np.empty((64, 6), dtype=np.int64)
-    stack[0, 0], stack[0, 1], stack[0, 2], stack[0, 3], stack[0, 4], stack[0, 5] = (
-        ao,
-        bo,
-        oo,
-        n,
-        wo,
-        0,
-    )
+    stack = np.zeros((64, 6), dtype=np.int64)
+    _push(stack, 0, ao, bo, oo, n, wo)
     top = 0
     while top >= 0:
         a0, b0, o0, size, w0, stage = stack[top]
@@ -110,8 +115,7 @@ def _mul_iter(mem, ao, bo, oo, n, wo):  # pragma: no cover - numba
             top -= 1
             continue
         top += 1
-        stack[top, 0], stack[top, 1], stack[top, 2] = child
-        stack[top, 3], stack[top, 4], stack[top, 5] = h, rest, 0
+        _push(stack, top, child[0], child[1], child[2], h, rest)
 
 
 @njit(cache=True)
@@ -164,15 +168,8 @@ def _sdp_iter(mem, uo, bo, oo, n, wo, wide):  # pragma: no cover - numba
     cache recursive functions, numba#6061); everything lives in one array ``mem`` addressed by
     offsets, ``mem[wo:]`` holding >= 5n words of scratch.
     """
-    stack = np.empty((64, 6), dtype=np.int64)
-    stack[0, 0], stack[0, 1], stack[0, 2], stack[0, 3], stack[0, 4], stack[0, 5] = (
-        uo,
-        bo,
-        oo,
-        n,
-        wo,
-        0,
-    )
+    stack = np.zeros((64, 6), dtype=np.int64)
+    _push(stack, 0, uo, bo, oo, n, wo)
     top = 0
     while top >= 0:
         u0, b0, o0, size, w0, stage = stack[top]
@@ -198,8 +195,7 @@ def _sdp_iter(mem, uo, bo, oo, n, wo, wide):  # pragma: no cover - numba
             top -= 1
             continue
         top += 1
-        stack[top, 0], stack[top, 1], stack[top, 2] = child
-        stack[top, 3], stack[top, 4], stack[top, 5] = h, rest, 0
+        _push(stack, top, child[0], child[1], child[2], h, rest)
 
 
 @njit(cache=True, nogil=True)
