@@ -498,7 +498,8 @@ class PostProcess:
             **qber_z,
             **detected,
         }
-        for key in ("qber", "f", "qber_x", "gain_signal", "gain_decoy", "gain_vacuum"):
+        for key in ("qber", "f", "qber_x", "sifted_gain_signal", "sifted_gain_decoy",
+                    "sifted_gain_vacuum"):  # fmt: skip
             if key in st.last_block:
                 payload[key] = st.last_block[key]
         self.pub.publish(topic("qfs", "telemetry", self.cfg.node, "link"), payload)
