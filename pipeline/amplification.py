@@ -180,6 +180,7 @@ class ToeplitzSeed:
 
 def random_seed(n: int, m: int) -> ToeplitzSeed:
     """A fresh seed of n + m - 1 bits from the OS CSPRNG (``secrets``), padding bits cleared."""
+    n = operator.index(n)
     m = _check_lengths(n, m)
     n_seed = n + m - 1
     packed = np.frombuffer(secrets.token_bytes(-(-n_seed // 8)), dtype=np.uint8).copy()
@@ -201,7 +202,7 @@ class PrivacyAmplificationAlice:
         message = {
             "type": MESSAGE_TYPE,
             "block": block_id,
-            "n": n,
+            "n": seed.n,
             "m": seed.m,
             "seed": seed.packed,
         }
