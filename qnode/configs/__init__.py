@@ -1,0 +1,1 @@
+"""Example node and bench configurations (TOML) for `qnode node`."""
