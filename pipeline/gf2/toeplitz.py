@@ -33,10 +33,16 @@ def _merge(out_rows: np.ndarray) -> np.ndarray:
     return np.concatenate([p ^ top, p ^ bottom], axis=1)
 
 
-def sdp_parallel(u_rows: np.ndarray, b_rows: np.ndarray, wide: bool = True) -> np.ndarray:
-    """Row-wise sliding dot products (see karatsuba.sdp_batch), top levels split for the cores."""
+def sdp_parallel(
+    u_rows: np.ndarray, b_rows: np.ndarray, wide: bool = True, threads: int | None = None
+) -> np.ndarray:
+    """Row-wise sliding dot products (see karatsuba.sdp_batch), top levels split for the cores.
+
+    Karatsuba levels are expanded here until the tasks share out evenly over ``threads``
+    (default ``numba.get_num_threads()``), then merged back after the batch.
+    """
     levels = 0
-    threads = numba.get_num_threads()
+    threads = threads or numba.get_num_threads()
     n = b_rows.shape[1]
 
     def unbalanced(tasks: int) -> bool:

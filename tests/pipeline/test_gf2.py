@@ -21,6 +21,7 @@ from pipeline.gf2.karatsuba import (
     sdp_school,
 )
 from pipeline.gf2.ntt import toeplitz_ntt
+from pipeline.gf2.toeplitz import sdp_parallel
 
 needs_pclmul = pytest.mark.skipif(not has_pclmul(), reason="CPU without PCLMULQDQ")
 U64 = st.integers(min_value=0, max_value=2**64 - 1)
@@ -170,6 +171,19 @@ def test_parallel_batch_equals_one_task_at_a_time():
     batch = sdp_batch(u_rows, b_rows, True)
     for t in range(5):
         assert np.array_equal(batch[t], sdp_karatsuba(u_rows[t], b_rows[t], False)), t
+
+
+@needs_pclmul
+@pytest.mark.parametrize("threads", [1, 2, 3, 5])
+def test_top_level_split_and_merge_preserve_the_result(threads):
+    rng = np.random.default_rng(threads)
+    size = 8 * BASE_WORDS  # splits up to three times before reaching the base size
+    for blocks in (1, 2, 3):
+        u_rows = rng.integers(0, 2**64, (blocks, 2 * size - 1), dtype=np.uint64)
+        b_rows = rng.integers(0, 2**64, (blocks, size), dtype=np.uint64)
+        got = sdp_parallel(u_rows, b_rows, True, threads=threads)
+        for t in range(blocks):
+            assert np.array_equal(got[t], sdp_karatsuba(u_rows[t], b_rows[t], True)), (threads, t)
 
 
 @settings(max_examples=50, deadline=None)
