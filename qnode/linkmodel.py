@@ -225,10 +225,11 @@ _PRESETS: dict[str, dict[str, Any]] = {
     },
     # Lim-Curty-Walenta-Xu-Zbinden 2014 Sec. IV: InGaAs APDs eta 10 %, p_dc 6e-7, p_ap 4e-2,
     # alpha 0.2, e_mis 5e-3, mu3 2e-4. mu1, mu2, the probabilities and the basis bias are the
-    # kind of values their optimiser picks for large blocks (Lim keys from X; we call it Z).
+    # kind of values their optimiser picks for large blocks. Lim keys from X, and so does the
+    # pipeline (pipeline/sifting.py): X is the likely basis, P(Z) = p_basis_z = 0.1.
     "lim2014": {
         "source": dict(clock_hz=1e9, mu_signal=0.5, mu_decoy=0.1, mu_vacuum=2e-4,
-                       p_signal=0.7, p_decoy=0.2, p_vacuum=0.1, p_basis_z=0.9),
+                       p_signal=0.7, p_decoy=0.2, p_vacuum=0.1, p_basis_z=0.1),
         "fibre": dict(length_km=50.0, loss_db_per_km=0.2),
         "receiver": dict(efficiency=0.1, dark_count_prob=6e-7, afterpulse_prob=0.04,
                          afterpulse_window_ns=10.0, dead_time_ns=0.0, jitter_ps=100.0,
@@ -238,7 +239,7 @@ _PRESETS: dict[str, dict[str, Any]] = {
     # time, 30 ps jitter, negligible afterpulsing; 1 GHz clock, 0.2 dB/km.
     "snspd": {
         "source": dict(clock_hz=1e9, mu_signal=0.5, mu_decoy=0.1, mu_vacuum=0.0,
-                       p_signal=0.7, p_decoy=0.2, p_vacuum=0.1, p_basis_z=0.9),
+                       p_signal=0.7, p_decoy=0.2, p_vacuum=0.1, p_basis_z=0.1),
         "fibre": dict(length_km=50.0, loss_db_per_km=0.2),
         "receiver": dict(efficiency=0.8, dark_count_prob=1e-7, afterpulse_prob=0.0,
                          dead_time_ns=30.0, jitter_ps=30.0, misalignment=0.01),

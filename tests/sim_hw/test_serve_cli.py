@@ -43,7 +43,7 @@ def test_ready_line_names_every_instrument_with_pyvisa_resources(world):
     assert scpi_query(res["source"], "*IDN?").startswith(b"QNODE,PULSE-SOURCE,")
     assert scpi_query(res["attenuator"], "*IDN?").startswith(b"HEWLETT-PACKARD,HP8156A,")
     # the preset and distance reached the world
-    assert scpi_query(res["source"], ":BAS:PROB?") == b"0.9\n"  # lim2014: p_basis_z 0.9
+    assert scpi_query(res["source"], ":BAS:PROB?") == b"0.1\n"  # lim2014: p_basis_z 0.1 (X keys)
 
 
 def test_fault_cli_switches_a_running_worlds_faults(world):
