@@ -50,7 +50,11 @@ class LinkOptions:
     auth: str = "hmac"
     workdir: Path | None = None
     start_timeout_s: float = 90.0
-    controller_configs: dict[str, Path] = field(default_factory=dict)  # see controller_configs()
+    # HOOK for the controller engineer: a controller config per role ("alice", "bob"); each
+    # node then starts `qnode controller --config FILE` (qnode.node.controller_process).
+    controller_configs: dict[str, Path] = field(default_factory=dict)
+    channel_port: int = 0  # Alice's channel port (0: any free port)
+    bob_connect: str | None = None  # Bob's channel endpoint if not Alice's (a test proxy)
 
 
 TARGET_KEY_BITS_PER_FRAME = 8_000
@@ -134,7 +138,7 @@ def write_configs(
         },
     }  # fmt: skip
     paths = {}
-    port = free_port()
+    port = opts.channel_port or free_port()
     for role in ("alice", "bob"):
         bench = workdir / f"bench-{role}.toml"
         bench.write_text(_toml(benches[role]))
@@ -143,7 +147,7 @@ def write_configs(
         if role == "alice":
             peer["bind"] = f"tcp://127.0.0.1:{port}"
         else:
-            peer["connect"] = f"tcp://127.0.0.1:{port}"
+            peer["connect"] = opts.bob_connect or f"tcp://127.0.0.1:{port}"
         node = {
             "node": role,
             "role": role,

@@ -28,13 +28,19 @@ class MitmProxy:
         self.back.connect(upstream)
         self.identity: bytes | None = None
         self.attacks: dict[tuple[str, int], str] = {}
+        self.type_attacks: dict[tuple[str, str], str] = {}
         self.counts = {"up": 0, "down": 0}
         self.done: list[tuple[str, int, str]] = []
+        self.done_types: list[tuple[str, str, str]] = []
         self._held: dict[str, list[bytes] | None] = {"up": None, "down": None}
         self._replay_later: dict[str, list[bytes] | None] = {"up": None, "down": None}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
+
+    def attack_type(self, direction: str, msg_type: str, action: str) -> None:
+        """Schedule ``action`` on the next stage message of type ``msg_type``."""
+        self.type_attacks[(direction, msg_type)] = action
 
     def attack(self, direction: str, index: int, action: str) -> None:
         """direction "up" = connector -> binder, "down" = binder -> connector."""
@@ -57,6 +63,14 @@ class MitmProxy:
         index = self.counts[direction]
         self.counts[direction] += 1
         action = self.attacks.pop((direction, index), None)
+        if action is None and self.type_attacks:
+            try:
+                body_type = unpackb(frames[1]).get("type")
+            except Exception:
+                body_type = None
+            action = self.type_attacks.pop((direction, body_type), None)
+            if action:
+                self.done_types.append((direction, body_type, action))
         held = self._held[direction]
         if action:
             self.done.append((direction, index, action))
