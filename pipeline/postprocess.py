@@ -118,6 +118,7 @@ class PostProcess:
         self.stats = Counters()
         self._last_tel = 0.0
         self._query_outstanding = False
+        self._pads_tried = 0
         # role state
         self.sift_bob = SiftingBob()
         self.sift_alice = SiftingAlice()
@@ -445,6 +446,13 @@ class PostProcess:
         self.pub.publish(topic("qfs", "telemetry", self.cfg.node, "block"), info)
 
     def _publish_commits(self) -> None:
+        if self.cfg.peer.auth == "wegman-carter" and self.channel.mode == "hmac":
+            # New pads exist on both sides (Alice commits before Bob confirms): Bob starts a new
+            # session, which then runs on Wegman-Carter authentication if the pad suffices.
+            auth_blocks = len(self.store.blocks("auth"))
+            if auth_blocks > self._pads_tried and len(self.store.auth_pad_bytes()) >= 64 * 16:
+                self._pads_tried = auth_blocks
+                self.channel.renegotiate()
         for attr, event in (("committed", "committed"), ("discarded", "discarded")):
             ids: list[str] = getattr(self.commit, attr)
             while ids:
@@ -481,6 +489,7 @@ class PostProcess:
         blocks, bits, _ = self._store_fill()
         payload = {
             "peer_connected": self.channel.connected,
+            "channel_auth": self.channel.mode,
             "paused": self.paused,
             "frames_sifted": st.frames_sifted,
             "sifted_bits": st.sifted_bits,

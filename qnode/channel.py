@@ -182,6 +182,22 @@ class ClassicalChannel:
         return self._sid
 
     @property
+    def mode(self) -> str:
+        """``wegman-carter`` while the session runs on one-time pads, else ``hmac``."""
+        return "wegman-carter" if self._wc_session is not None else "hmac"
+
+    def renegotiate(self) -> bool:
+        """Connector: start a new session now (e.g. Wegman-Carter pads became available).
+
+        The current session ends like a lost peer (the caller drops what is in flight).
+        Returns False on the binding side, which cannot start a session.
+        """
+        if self.bind:
+            return False
+        self._lose_peer("renegotiating the session")
+        return True
+
+    @property
     def out_dir(self) -> str:
         return f"{self.node}>{self.peer}"
 
