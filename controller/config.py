@@ -134,11 +134,19 @@ class ControllerConfig(_Section):
     keystore: Path
     link_id: str = ""
     kms: KmsConfig | None = None
-    security: SecurityConfig = Field(default_factory=lambda: SecurityConfig(curve=False))
+    # CURVE is on unless the file says ``[security] curve = false`` (qnode link --sim does).
+    security: SecurityConfig
     telemetry: TelemetryConfig = Field(default_factory=TelemetryConfig)
     control: ControlConfig = Field(default_factory=ControlConfig)
     http: HttpConfig = Field(default_factory=HttpConfig)
     loop: LoopConfig = Field(default_factory=LoopConfig)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _secure_by_default(cls, data: object) -> object:
+        if isinstance(data, dict) and "security" not in data:
+            data = {**data, "security": {}}
+        return data
 
 
 def _resolve_paths(data: dict, base: Path) -> None:

@@ -86,6 +86,8 @@ def test_example_configs_parse_and_config_errors_name_the_key(tmp_path):
     with pytest.raises(ConfigError, match="server_secret"):
         parse_config({"node": "a", "role": "alice", "keystore": "x.db",
                       "security": {"curve": True}})  # fmt: skip
+    with pytest.raises(ConfigError, match="server_secret"):  # CURVE is on by default
+        parse_config({"node": "a", "role": "alice", "keystore": "x.db"})
     bad = tmp_path / "bad.toml"
     bad.write_text("node = [")
     with pytest.raises(ConfigError, match="not valid TOML"):
