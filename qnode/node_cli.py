@@ -239,8 +239,9 @@ def watch(
 
     try:
         if snapshot:
-            for msg in sub.snapshot(""):
-                emit(msg)
+            for prefix in topic_prefix or [""]:
+                for msg in sub.snapshot(prefix):
+                    emit(msg)
         if json_lines:
             while not finished():
                 msg = sub.recv(200)

@@ -137,3 +137,35 @@ def test_curve_admits_listed_client_only():
     assert good.recv(500) is not None
     assert bad.recv(500) is None, "an unknown CURVE client received telemetry"
     good.close(), bad.close(), pub.close(), hub.close()
+
+
+def test_qnode_telemetry_watch_prints_json_lines():
+    import json
+    import subprocess
+    import sys
+
+    hub = _hub()
+    pub = Publisher(hub.internal, "alice", "pp", context=hub._ctx)
+    early = Subscriber(hub.public, context=hub._ctx)
+    _wait_connected(pub, early, "qfs/telemetry/alice/probe/")
+    pub.publish("qfs/telemetry/alice/link/", {"qber": 0.02})
+    time.sleep(0.2)
+    cmd = [sys.executable, "-m", "qnode", "telemetry", "watch", hub.public, "--json",
+           "--topic", "qfs/telemetry/alice/link/", "--snapshot", hub.snapshot, "--count", "3",
+           "--duration", "30"]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 30
+    while proc.poll() is None and time.monotonic() < deadline:
+        pub.publish("qfs/telemetry/alice/link/", {"qber": 0.03})
+        pub.publish("con/resource/alice/instrument/source/", {"state": "running"})
+        time.sleep(0.1)
+    out, err = proc.communicate(timeout=10)
+    assert proc.returncode == 0, err
+    lines = [json.loads(line) for line in out.splitlines()]
+    assert len(lines) == 3
+    assert lines[0]["payload"].get("qber") in (0.02, 0.03), lines  # the snapshot comes first
+    seqs = [m["header"]["seq"] for m in lines]
+    assert seqs == sorted(set(seqs)), f"snapshot and updates overlap: {seqs}"
+    assert all(m["topic"] == "qfs/telemetry/alice/link/" for m in lines)
+    assert all(m["header"]["node"] == "alice" for m in lines)
+    early.close(), pub.close(), hub.close()

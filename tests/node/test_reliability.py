@@ -20,7 +20,8 @@ import zmq
 
 from qnode import linkmodel
 from qnode.bus import Subscriber
-from qnode.link import Link, LinkOptions, free_port, store_summary
+from qnode.codec import unpackb
+from qnode.link import Link, LinkOptions, free_port, node_command, store_summary
 
 from .mitm import MitmProxy
 
@@ -73,6 +74,19 @@ def test_fault_and_killed_postprocess_recover_with_identical_stores(tmp_path):
     try:
         link.start()
         _wait(link, lambda: link.committed_blocks() >= 1, 90, "a first committed block")
+        # 0. the node's command socket answers, and answers bad commands with an error
+        cmd = link.ready["bob"]["command"]
+        state = node_command(cmd, "state")
+        assert state["ok"] and state["result"]["postprocess"]["peer_connected"] is True
+        assert "unknown command" in node_command(cmd, "warp")["error"]
+        assert not node_command(cmd, "set_block_size", {"n_bits": 5})["ok"]
+        raw = zmq.Context.instance().socket(zmq.DEALER)
+        raw.linger = 0
+        raw.connect(cmd)
+        raw.send_multipart([b"", b"\xc1 not msgpack"])
+        assert raw.poll(5000), "no reply to a malformed command"
+        assert unpackb(raw.recv_multipart()[-1])["ok"] is False
+        raw.close()
         # 1. the time tagger drops its connection once
         world = json.loads((link.workdir / "world.json").read_text())
         ctx = zmq.Context.instance()
