@@ -35,7 +35,10 @@ _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _INV53 = 1.0 / 9007199254740992.0  # 2^-53
 _INV32 = 1.0 / 4294967296.0
 _NO_SLOT = np.int64(2**62)
-_MAX_CHUNK_ENTRIES = 1 << 20  # bounds the candidate buffers of one parallel pass
+_MAX_CHUNK_ENTRIES = 1 << 20
+_LOWEST_BIT = np.array(
+    [0, 0, 1, 0, 2, 0, 1, 0, 3, 0, 1, 0, 2, 0, 1, 0], dtype=np.int64
+)  # bounds the candidate buffers of one parallel pass
 
 
 class Detections(NamedTuple):
@@ -97,6 +100,28 @@ def inverse_normal_cdf(p: float) -> float:
     r = q * q
     num = (((((_A[0] * r + _A[1]) * r + _A[2]) * r + _A[3]) * r + _A[4]) * r + _A[5]) * q
     return num / (((((_B[0] * r + _B[1]) * r + _B[2]) * r + _B[3]) * r + _B[4]) * r + 1.0)
+
+
+QUANTILE_TABLE_SIZE = 2048
+_TABLE_LO, _TABLE_HI = 0.05, 0.95
+
+
+def quantile_table() -> np.ndarray:
+    """Normal quantiles at ``i / 2048``, i = 0..2048 (ends unused: only [0.05, 0.95] is read)."""
+    grid = np.arange(QUANTILE_TABLE_SIZE + 1) / QUANTILE_TABLE_SIZE
+    grid[0], grid[-1] = 0.5, 0.5  # never read; keeps the table finite
+    return np.array([inverse_normal_cdf(p) for p in grid])
+
+
+@njit(cache=True, inline="always")
+def normal_quantile(u: float, table: np.ndarray) -> float:
+    """Standard normal quantile: linear interpolation in ``table`` on [0.05, 0.95] (error
+    < 5e-6, 90 % of draws, ~3x cheaper), Acklam + Halley on the rest."""
+    if u >= _TABLE_LO and u <= _TABLE_HI:
+        x = u * QUANTILE_TABLE_SIZE
+        i = int(x)
+        return table[i] + (x - i) * (table[i + 1] - table[i])
+    return inverse_normal_cdf(u)
 
 
 @njit(cache=True, parallel=True)
@@ -209,8 +234,10 @@ def _detector_pass(
         while heap_size > 0 and heap[0] >> 2 == s:
             top, heap_size = _heap_pop(heap, heap_size)
             mask |= 1 << (top & 3)
-        for d in range(4):
-            if not (mask >> d) & 1 or s <= dead_until[d]:
+        while mask:  # set bits in order; usually one (a branch per bit would mispredict)
+            d = _LOWEST_BIT[mask]
+            mask &= mask - 1
+            if s <= dead_until[d]:
                 continue
             dead_until[d] = s + n_dead
             if p_ap > 0.0 and (prim >> d) & 1:
@@ -225,7 +252,9 @@ def _detector_pass(
 
 
 @njit(cache=True, parallel=True)
-def _stamp_times(slots, chans, jit_ka, jit_kb, jitter_ps, period_int, period_frac, delay_ps, out):
+def _stamp_times(
+    slots, chans, jit_ka, jit_kb, jitter_ps, table, period_int, period_frac, delay_ps, out
+):
     """``slot * period + delay + round(N(0, jitter))``; the jitter is keyed by (slot, detector).
     Returns whether the times came out in order."""
     n = slots.size
@@ -239,7 +268,7 @@ def _stamp_times(slots, chans, jit_ka, jit_kb, jitter_ps, period_int, period_fra
             t = s * period_int + delay_ps + int(math.floor(s * period_frac + 0.5))
             if jitter_ps > 0.0:
                 r = slot_word(np.uint64(s * 4 + chans[i] - 1), jit_ka, jit_kb)
-                t += int(math.floor(jitter_ps * inverse_normal_cdf(_uniform53(r)) + 0.5))
+                t += int(math.floor(jitter_ps * normal_quantile(_uniform53(r), table) + 0.5))
             out[i] = t
         for i in range(max(lo, 1), hi):
             disorder[c] += out[i] < out[i - 1]
@@ -271,6 +300,7 @@ class LinkSimulator:
         self._block_key = _stream_keys(self._seed, 1)[0]
         self._ap_keys = _stream_keys(self._seed, 2)
         self._jit_keys = _stream_keys(self._seed, 3)
+        self._quantiles = quantile_table()
         self._light_on = True
         self.set_key(key)
         self.update(params)
@@ -393,7 +423,8 @@ class LinkSimulator:
         time_ps = np.empty(n_out, dtype=np.int64)
         rx = self._params.receiver
         in_order = _stamp_times(
-            slot, chan, *self._jit_keys, rx.jitter_ps, self._period_int, self._period_frac,
+            slot, chan, *self._jit_keys, rx.jitter_ps, self._quantiles, self._period_int,
+            self._period_frac,
             self._delay_ps, time_ps,
         )  # fmt: skip
         if not in_order:  # jitter larger than the gap between neighbours
@@ -430,14 +461,12 @@ class LinkSimulator:
                 break
             cap = min(BLOCK_SLOTS, 2 * cap)  # a block overflowed (very unlikely): redo, larger
         need = n_out + 4 * int(counts.sum()) + self._heap_size + 16  # a hard bound
-        if need > self._out_slot.size:
+        if need > self._out_slot.size:  # grow; copy only what is filled (no page touching)
             size = max(need, 2 * self._out_slot.size)
-            self._out_slot = np.concatenate(
-                [self._out_slot[:n_out], np.empty(size - n_out, np.int64)]
-            )
-            self._out_chan = np.concatenate(
-                [self._out_chan[:n_out], np.empty(size - n_out, np.uint8)]
-            )
+            new_slot, new_chan = np.empty(size, np.int64), np.empty(size, np.uint8)
+            new_slot[:n_out] = self._out_slot[:n_out]
+            new_chan[:n_out] = self._out_chan[:n_out]
+            self._out_slot, self._out_chan = new_slot, new_chan
         rx = self._params.receiver
         n_out, self._heap_size = _detector_pass(
             cand_slot, cand_mask, counts, lo, hi, self._dead_until, self._heap, self._heap_size,

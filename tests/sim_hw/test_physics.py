@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from qnode import linkmodel as lm
-from sim_hw.physics import LinkSimulator, inverse_normal_cdf
+from sim_hw.physics import LinkSimulator, inverse_normal_cdf, normal_quantile, quantile_table
 from sim_hw.stats import simulate_stats
 from sim_hw.symbols import decode, symbols_for_slots
 
@@ -185,3 +185,12 @@ def test_inverse_normal_cdf_accuracy() -> None:
     p = np.concatenate([np.linspace(1e-9, 1 - 1e-9, 20001), np.logspace(-15, -2, 200)])
     got = np.array([inverse_normal_cdf(v) for v in p])
     assert np.max(np.abs(got - ndtri(p))) < 1e-8
+
+
+def test_tabulated_normal_quantile_accuracy() -> None:
+    from scipy.special import ndtri
+
+    table = quantile_table()
+    p = np.concatenate([np.linspace(1e-9, 1 - 1e-9, 50001), [0.05, 0.95, 0.5]])
+    got = np.array([normal_quantile(v, table) for v in p])
+    assert np.max(np.abs(got - ndtri(p))) < 1e-5
