@@ -5,7 +5,8 @@ heartbeats for liveness ("Paranoid Pirate" style: silence for ``timeout_s`` = pe
 
 Wire frames (after the ROUTER identity): ``[envelope, body, tag]``.
 - ``envelope`` msgpack ``{"v": 1, "sid", "dir", "seq", "kind", "alg"}``; ``kind`` is ``hello``,
-  ``welcome``, ``hb`` or ``msg``; ``dir`` names the direction (``alice>bob``) so a message can
+  ``welcome``, ``hb``, ``msg`` or ``nosession`` (the binder's authenticated notice that it holds
+  no session with that id, e.g. after a restart, so the connector says hello at once); ``dir`` names the direction (``alice>bob``) so a message can
   never be reflected back to its sender.
 - ``body`` msgpack: the stage message (a dict with ``type`` and its block/frame identifiers).
 - ``tag`` authenticates (envelope, body): HMAC-SHA256 under the pre-shared secret by default,
@@ -153,6 +154,7 @@ class ClassicalChannel:
         self._last_rx = self._last_tx = 0.0
         self._hello_nonce: bytes | None = None
         self._seen_hellos: set[bytes] = set()
+        self._told_stale: set[bytes] = set()
         self._wc_session: Any | None = None
         self._sock = self._make_socket()
         self.endpoint = self._sock.last_endpoint.decode() if bind else endpoint
@@ -343,7 +345,20 @@ class ClassicalChannel:
             return self._on_hello(identity, envelope, body, tag)
         if kind == "welcome":
             return self._on_welcome(envelope, body, tag, sid)
+        if kind == "nosession":
+            return self._on_nosession(envelope, body, tag, sid)
         if self._sid is None or sid != self._sid or (self.bind and identity != self._peer_identity):
+            if self.bind and sid and sid not in self._told_stale:
+                # Tell the connector (authenticated) that we hold no such session, so it says
+                # hello at once instead of waiting for its timeout (e.g. after we restarted).
+                self._told_stale.add(sid)
+                saved = self._peer_identity
+                self._peer_identity = identity
+                try:
+                    self._send_kind("nosession", {}, sid, 0, "hmac")
+                except ChannelError:
+                    pass
+                self._peer_identity = saved
             return self._reject("rejected_session", "message from another session")
         if alg == "wc":
             ok = self._wc_session is not None and self._wc_session.verify(
@@ -394,6 +409,13 @@ class ClassicalChannel:
             reply["wc"] = wc_terms
         self._send_kind("welcome", reply, sid, 0, "hmac")
         self._start_session(sid, wc_terms)
+
+    def _on_nosession(self, envelope: bytes, body: bytes, tag: bytes, sid: bytes) -> None:
+        if self.bind or not self._hmac.verify(self.in_dir, 0, envelope, body, tag):
+            return self._reject("rejected_auth", "bad nosession notice")
+        if self._sid is not None and sid == self._sid:
+            self._lose_peer("the peer holds no session (it restarted)")
+        return None
 
     def _on_welcome(self, envelope: bytes, body: bytes, tag: bytes, sid: bytes) -> None:
         if self.bind:

@@ -156,6 +156,22 @@ def test_peer_lost_state_kept_and_session_resumes(ctx):
     assert _exchange(bob, alice2, 3) == [0, 1, 2]
 
 
+def test_binder_restart_is_noticed_before_the_timeout(ctx):
+    slow = {"heartbeat_s": 0.05, "timeout_s": 20.0}
+    alice = ClassicalChannel("alice", "bob", "tcp://127.0.0.1:*", SECRET, bind=True, context=ctx,
+                             **slow)  # fmt: skip
+    bob = ClassicalChannel("bob", "alice", alice.endpoint, SECRET, bind=False, context=ctx, **slow)
+    _connect(alice, bob)
+    endpoint = alice.endpoint
+    alice.close()
+    alice2 = ClassicalChannel("alice", "bob", endpoint, SECRET, bind=True, context=ctx, **slow)
+    t0 = time.monotonic()
+    _pump(alice2, bob, until=lambda: alice2.connected and bob.connected, timeout=5)
+    assert time.monotonic() - t0 < 5, "the connector waited for its timeout"
+    assert "peer_lost" in [e.kind for e in bob.take_events()]
+    assert _exchange(bob, alice2, 2) == [0, 1]
+
+
 def test_connector_restart_starts_new_session_and_old_one_is_dead(ctx):
     alice, bob, _ = _pair(ctx)
     _connect(alice, bob)
