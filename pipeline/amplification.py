@@ -73,13 +73,20 @@ def _check_lengths(n: int, m: Any) -> int:
 
 
 def _check_bits(name: str, arr: Any) -> np.ndarray:
+    """Type and shape of a uint8 0/1 array (values are checked while packing)."""
     if not isinstance(arr, np.ndarray) or arr.dtype != np.uint8:
         raise ValueError(f"{name} must be a numpy uint8 array of 0/1")
     if arr.ndim != 1:
         raise ValueError(f"{name} must be one-dimensional, got shape {arr.shape}")
-    if arr.size and int(arr.max()) > 1:
-        raise ValueError(f"{name} holds values other than 0 and 1")
     return arr
+
+
+def _pack_checked(name: str, arr: np.ndarray) -> np.ndarray:
+    """Packed words of a 0/1 array, refusing any other value (one pass)."""
+    try:
+        return pack_bits(arr, check=True)
+    except ValueError:
+        raise ValueError(f"{name} holds values other than 0 and 1") from None
 
 
 def toeplitz_hash(
@@ -93,10 +100,10 @@ def toeplitz_hash(
     if seed.size != n + m - 1:
         raise ValueError(f"seed must have n + m - 1 = {n + m - 1} bits, got {seed.size}")
     backend = _check_backend(backend or default_backend())
+    x_words, seed_words = _pack_checked("bits", bits), _pack_checked("seed", seed)
     if backend == "ntt":
         return toeplitz_ntt(bits, seed, m)
-    words = toeplitz_words(pack_bits(bits), n, pack_bits(seed), m, wide=backend == "clmul")
-    return unpack_bits(words, m)
+    return unpack_bits(toeplitz_words(x_words, n, seed_words, m, wide=backend == "clmul"), m)
 
 
 def _check_packed(name: str, arr: Any, n_bits: int) -> np.ndarray:
@@ -173,9 +180,9 @@ class ToeplitzSeed:
         bits = _check_bits("bits", bits)
         if bits.size != self.n:
             raise ValueError(f"block has {bits.size} bits, the seed was made for n={self.n}")
-        packed = np.packbits(bits, bitorder="little")
-        out = toeplitz_hash_packed(packed, self.n, self.packed, self.m, backend=backend)
-        return np.unpackbits(out, count=self.m, bitorder="little")
+        words = _pack_checked("bits", bits)
+        out = toeplitz_hash_packed(words, self.n, self.packed, self.m, backend=backend)
+        return unpack_bits(out, self.m)
 
 
 def random_seed(n: int, m: int) -> ToeplitzSeed:

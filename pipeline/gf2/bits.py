@@ -9,9 +9,16 @@ word form, so the two packed forms are the same memory.
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
+from numba import njit
 
 _ONE = np.uint64(1)
+# v * GATHER >> 56 moves the low bit of each of the 8 bytes of v to bits 0..7 of the top byte;
+# all partial products are distinct powers of two, so no carries disturb it.
+_GATHER = np.uint64(0x0102040810204080)
+_LOW_BITS = np.uint64(0x0101010101010101)
 
 
 def words_for(n_bits: int) -> int:
@@ -19,12 +26,45 @@ def words_for(n_bits: int) -> int:
     return -(-n_bits // 64)
 
 
-def pack_bits(bits: np.ndarray) -> np.ndarray:
-    """uint8 0/1 array -> uint64 words, LSB first, padding bits zero."""
-    packed = np.packbits(bits, bitorder="little")
-    out = np.zeros(words_for(bits.size) * 8, dtype=np.uint8)
-    out[: packed.size] = packed
-    return out.view("<u8").astype(np.uint64, copy=False)
+@njit(cache=True, nogil=True)
+def _pack_checked(eight_bytes, tail, out):  # pragma: no cover - numba
+    """Pack 0/1 bytes (64 per word, read 8 at a time) into ``out``; False if any byte is > 1."""
+    stray = np.uint64(0)
+    for w in range(eight_bytes.size // 8):
+        acc = np.uint64(0)
+        for i in range(8):
+            v = eight_bytes[8 * w + i]
+            stray |= v
+            acc |= ((v * _GATHER) >> np.uint64(56)) << np.uint64(8 * i)
+        out[w] = acc
+    if tail.size:
+        acc = np.uint64(0)
+        for i in range(tail.size):
+            stray |= np.uint64(tail[i])
+            acc |= np.uint64(tail[i] & 1) << np.uint64(i)
+        out[out.size - 1] = acc
+    return (stray & ~_LOW_BITS) == 0
+
+
+def pack_bits(bits: np.ndarray, *, check: bool = False) -> np.ndarray:
+    """uint8 0/1 array -> uint64 words, LSB first, padding bits zero.
+
+    With ``check``, raise ValueError if a byte is not 0 or 1 (checked in the same pass).
+    """
+    if sys.byteorder != "little":  # pragma: no cover - the fast path reads bytes as LE words
+        if check and bits.size and int(bits.max()) > 1:
+            raise ValueError("bits hold values other than 0 and 1")
+        packed = np.packbits(bits, bitorder="little")
+        out = np.zeros(words_for(bits.size) * 8, dtype=np.uint8)
+        out[: packed.size] = packed
+        return out.view("<u8").astype(np.uint64)
+    bits = np.ascontiguousarray(bits, dtype=np.uint8)
+    full = bits.size // 64 * 64
+    out = np.empty(words_for(bits.size), dtype=np.uint64)
+    ok = _pack_checked(bits[:full].view(np.uint64), bits[full:], out)
+    if check and not ok:
+        raise ValueError("bits hold values other than 0 and 1")
+    return out
 
 
 def unpack_bits(words: np.ndarray, n_bits: int) -> np.ndarray:

@@ -226,10 +226,14 @@ def test_malformed_messages_raise_pa_message_error(mutate, match):
         PrivacyAmplificationBob().accept(message)
 
 
-def test_bob_refuses_a_block_of_the_wrong_length():
+def test_bob_refuses_a_block_of_the_wrong_length_or_values():
     message = _valid_message()
     with pytest.raises(ValueError, match="n=100"):
         PrivacyAmplificationBob().apply(message, np.zeros(99, dtype=np.uint8))
+    block = np.zeros(100, dtype=np.uint8)
+    block[77] = 2
+    with pytest.raises(ValueError, match="other than 0 and 1"):
+        PrivacyAmplificationBob().apply(message, block)
 
 
 def test_cryptomite_convention_mapping():
