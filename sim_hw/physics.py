@@ -8,15 +8,18 @@ basis choice, per-detector efficiency, misalignment, dark counts and Raman noise
 afterpulses, non-paralysable dead time per detector and Gaussian timing jitter. A double click is
 reported as two detections (Bob's HAL assigns the random bit).
 
-How it stays fast (> 1e10 pulses/s at ~1e-3 clicks per pulse): slots are grouped in fixed blocks
-of 2^16. In each block (numba ``prange`` over blocks) candidate slots are drawn with geometric
-gaps at the largest per-slot click probability ``p_max`` over all (class, Alice basis, bit, Bob
-basis) and thinned to the slot's own probability, so work scales with the number of clicks, not
-pulses. A sequential pass then applies afterpulses and dead time in slot order. Every random
+How it stays fast (aim: 1e10 pulses/s per core at ~1e-3 clicks per pulse): slots are grouped in
+fixed blocks of 2^16. In each block (numba ``prange`` over blocks) candidate slots are drawn with
+geometric gaps (ziggurat exponential, ``sim_hw.variates``) at the largest per-slot click
+probability ``p_max`` over all (class, Alice basis, bit, Bob basis) and thinned to the slot's own
+probability, so work scales with the number of clicks, not pulses. A sequential pass then applies afterpulses and dead time in slot order. Every random
 draw comes from a counter-based generator keyed by (seed, block) or (seed, slot, detector), so
 output depends only on the seed, the parameters in force and the slots asked for: contiguous
 calls give the same detections however the range is split, and a rerun with the same seed and
 the same calls is identical.
+
+Note: numba's on-disk cache is keyed on this file only; after editing ``sim_hw/symbols.py`` or
+``sim_hw/variates.py`` (inlined here) delete ``sim_hw/__pycache__/physics.*.nb[ic]``.
 """
 
 from __future__ import annotations
@@ -29,16 +32,24 @@ from numba import njit, prange
 
 from qnode import linkmodel as lm
 from sim_hw.symbols import mix64, slot_word, subkeys, symbol_of_word, thresholds
+from sim_hw.variates import (
+    ZIG_F,
+    ZIG_K,
+    ZIG_W,
+    inverse_normal_cdf,  # noqa: F401  (re-exported for tests and callers)
+    normal_quantile,
+    quantile_table,
+    standard_exponential,
+)
+from sim_hw.variates import uniform53 as _uniform53
 
 BLOCK_SLOTS = 1 << 16
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
-_INV53 = 1.0 / 9007199254740992.0  # 2^-53
 _INV32 = 1.0 / 4294967296.0
 _NO_SLOT = np.int64(2**62)
-_MAX_CHUNK_ENTRIES = 1 << 20
-_LOWEST_BIT = np.array(
-    [0, 0, 1, 0, 2, 0, 1, 0, 3, 0, 1, 0, 2, 0, 1, 0], dtype=np.int64
-)  # bounds the candidate buffers of one parallel pass
+_MAX_CHUNK_ENTRIES = 1 << 20  # bounds the candidate buffers of one parallel pass
+# Index of the lowest set bit of a 4-bit detector mask.
+_LOWEST_BIT = np.array([0, 0, 1, 0, 2, 0, 1, 0, 3, 0, 1, 0, 2, 0, 1, 0], dtype=np.int64)
 
 
 class Detections(NamedTuple):
@@ -49,85 +60,10 @@ class Detections(NamedTuple):
     time_ps: np.ndarray  # int64: slot * period_ps + delay_ps + jitter
 
 
-@njit(cache=True, inline="always")
-def _uniform53(z: np.uint64) -> float:
-    return ((z >> np.uint64(11)) + 0.5) * _INV53
-
-
-# Acklam's rational approximation of the inverse normal CDF (relative error ~1e-9): cheaper
-# than Box-Muller's cos + log and exact enough for ps-quantised jitter (tested against scipy).
-_A = (
-    -3.969683028665376e01,
-    2.209460984245205e02,
-    -2.759285104469687e02,
-    1.383577518672690e02,
-    -3.066479806614716e01,
-    2.506628277459239e00,
-)
-_B = (
-    -5.447609879822406e01,
-    1.615858368580409e02,
-    -1.556989798598866e02,
-    6.680131188771972e01,
-    -1.328068155288572e01,
-)
-_C = (
-    -7.784894002430293e-03,
-    -3.223964580411365e-01,
-    -2.400758277161838e00,
-    -2.549671058254315e00,
-    4.374664141464968e00,
-    2.938163982698783e00,
-)
-_D = (7.784695709041462e-03, 3.224671290700398e-01, 2.445134137142996e00, 3.754408661907416e00)
-_P_LOW = 0.02425
-
-
-@njit(cache=True)
-def inverse_normal_cdf(p: float) -> float:
-    """Standard normal quantile of ``p`` in (0, 1)."""
-    if p < _P_LOW or p > 1.0 - _P_LOW:
-        q = math.sqrt(-2.0 * math.log(p if p < 0.5 else 1.0 - p))
-        x = (((((_C[0] * q + _C[1]) * q + _C[2]) * q + _C[3]) * q + _C[4]) * q + _C[5]) / (
-            (((_D[0] * q + _D[1]) * q + _D[2]) * q + _D[3]) * q + 1.0
-        )
-        x = x if p < 0.5 else -x
-        # One Halley step on the tails (Acklam's refinement) to full double precision.
-        e = 0.5 * math.erfc(-x / math.sqrt(2.0)) - p
-        u = e * math.sqrt(2.0 * math.pi) * math.exp(x * x / 2.0)
-        return x - u / (1.0 + x * u / 2.0)
-    q = p - 0.5
-    r = q * q
-    num = (((((_A[0] * r + _A[1]) * r + _A[2]) * r + _A[3]) * r + _A[4]) * r + _A[5]) * q
-    return num / (((((_B[0] * r + _B[1]) * r + _B[2]) * r + _B[3]) * r + _B[4]) * r + 1.0)
-
-
-QUANTILE_TABLE_SIZE = 2048
-_TABLE_LO, _TABLE_HI = 0.05, 0.95
-
-
-def quantile_table() -> np.ndarray:
-    """Normal quantiles at ``i / 2048``, i = 0..2048 (ends unused: only [0.05, 0.95] is read)."""
-    grid = np.arange(QUANTILE_TABLE_SIZE + 1) / QUANTILE_TABLE_SIZE
-    grid[0], grid[-1] = 0.5, 0.5  # never read; keeps the table finite
-    return np.array([inverse_normal_cdf(p) for p in grid])
-
-
-@njit(cache=True, inline="always")
-def normal_quantile(u: float, table: np.ndarray) -> float:
-    """Standard normal quantile: linear interpolation in ``table`` on [0.05, 0.95] (error
-    < 5e-6, 90 % of draws, ~3x cheaper), Acklam + Halley on the rest."""
-    if u >= _TABLE_LO and u <= _TABLE_HI:
-        x = u * QUANTILE_TABLE_SIZE
-        i = int(x)
-        return table[i] + (x - i) * (table[i + 1] - table[i])
-    return inverse_normal_cdf(u)
-
-
 @njit(cache=True, parallel=True)
 def _candidates(
     first_block, n_blocks, first_slot, end_slot, block_key, sym_ka, sym_kb, t_z, t_s, t_sd,
-    p_bob_z, p_max, accept, split1, split2, out_slot, out_mask, counts,
+    p_bob_z, p_max, accept, split1, split2, zig_w, zig_k, zig_f, out_slot, out_mask, counts,
 ):  # fmt: skip
     """Per block: primary clicks (slot, detector mask) by geometric gaps + thinning.
 
@@ -137,7 +73,7 @@ def _candidates(
     apart from the loop exit (random branches would mispredict).
     """
     cap = out_slot.shape[1]
-    inv_log_q = 1.0 / math.log1p(-p_max) if p_max < 1.0 else 0.0
+    inv_rate = -1.0 / math.log1p(-p_max) if p_max < 1.0 else 0.0  # gap = floor(Exp(1)/rate)
     for j in prange(n_blocks):
         block = np.uint64(first_block + j)
         start = (first_block + j) * BLOCK_SLOTS
@@ -146,8 +82,8 @@ def _candidates(
         pos = start - 1
         n = 0
         while True:
-            state += _GOLDEN
-            pos += 1 + int(math.log(_uniform53(mix64(state))) * inv_log_q)
+            e, state = standard_exponential(state, zig_w, zig_k, zig_f)
+            pos += 1 + int(e * inv_rate)
             if pos >= stop:
                 break
             state += _GOLDEN
@@ -453,7 +389,7 @@ class LinkSimulator:
                 _candidates(
                     first_block, n_blocks, lo, hi, self._block_key, *self._sym_keys,
                     *self._thresholds, self._params.p_bob_z, self._p_max, self._accept,
-                    self._split1, self._split2, cand_slot, cand_mask, counts,
+                    self._split1, self._split2, ZIG_W, ZIG_K, ZIG_F, cand_slot, cand_mask, counts,
                 )  # fmt: skip
             else:
                 counts[:] = 0
