@@ -3,6 +3,7 @@ matching keys on both sides over mutual TLS with the certificates of `qnode pki 
 
 from __future__ import annotations
 
+import os
 import time
 
 import httpx
@@ -14,13 +15,17 @@ from controller.tls import client_ssl_context
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(240)
+@pytest.mark.skipif(
+    os.environ.get("QNODE_E2E") != "1",
+    reason="runs a whole simulated link (30-150 s, mostly the node's block rate); QNODE_E2E=1",
+)
+@pytest.mark.timeout(300)
 def test_keys_from_a_simulated_link_match_on_both_sides(tmp_path):
     from qnode.link import Link, LinkOptions
 
     pki = tmp_path / "pki"
     init_pki(pki, ["alice", "bob"], ["app-a", "app-b"])
-    opts = LinkOptions(duration_s=150, workdir=tmp_path / "link")  # default preset and block
+    opts = LinkOptions(duration_s=240, workdir=tmp_path / "link")  # default preset and block
     link = Link(opts)
     attach_controllers(link, pki)
     try:
@@ -31,7 +36,7 @@ def test_keys_from_a_simulated_link_match_on_both_sides(tmp_path):
         a = httpx.Client(verify=client_ssl_context(pki / "app-a.pem", pki / "app-a.key", ca))
         b = httpx.Client(verify=client_ssl_context(pki / "app-b.pem", pki / "app-b.key", ca))
         status_url = f"{ready['kms']['alice']}/api/v1/keys/app-b/status"
-        deadline = time.monotonic() + 150
+        deadline = time.monotonic() + 240
         while a.get(status_url).json()["stored_key_count"] < 2:
             assert time.monotonic() < deadline, "no committed key block in Alice's share"
             link.poll(1.0)
