@@ -32,7 +32,7 @@ def _options(tmp_path, **kw) -> LinkOptions:
     params = linkmodel.preset("snspd").with_distance(10).with_changes(source={"p_basis_z": 0.7})
     link_file = tmp_path / "link.toml"
     link_file.write_text(linkmodel.dump_toml(params))
-    return LinkOptions(preset=None, link_file=link_file, duration_s=None, block_bits=200_000,
+    return LinkOptions(preset=None, link_file=link_file, duration_s=None, block_bits=100_000,
                        workdir=tmp_path / "work", **kw)  # fmt: skip
 
 
@@ -101,16 +101,18 @@ def test_fault_and_killed_postprocess_recover_with_identical_stores(tmp_path):
               "the fault on telemetry")  # fmt: skip
         _wait(link, lambda: link.latest["bob"][topic].get("state") == "running", 30,
               "the time tagger running again")  # fmt: skip
-        # 2. Bob's post-processing is killed in the middle of whatever it is doing
-        before = link.committed_blocks()
-        victim = _postprocess_pid(link, "bob")
-        assert victim is not None, "Bob's post-processing process not found"
-        os.kill(victim, signal.SIGKILL)
-        _wait(link, lambda: _postprocess_pid(link, "bob") not in (None, victim), 30,
-              "a restarted process")  # fmt: skip
-        _wait(link, lambda: link.committed_blocks() > before, 90, "a block after the restart")
+        # 2. each node's post-processing is killed in the middle of whatever it is doing
+        for role in ("bob", "alice"):
+            before = link.committed_blocks()
+            victim = _postprocess_pid(link, role)
+            assert victim is not None, f"{role}'s post-processing process not found"
+            os.kill(victim, signal.SIGKILL)
+            _wait(link, lambda r=role, v=victim: _postprocess_pid(link, r) not in (None, v), 30,
+                  f"{role}'s restarted process")  # fmt: skip
+            _wait(link, lambda b=before: link.committed_blocks() > b, 90,
+                  f"a block after {role}'s restart")  # fmt: skip
         a, b = _stores_equal(link)
-        assert a["key_blocks"] >= 2
+        assert a["key_blocks"] >= 3
     finally:
         link.stop()
 
