@@ -19,16 +19,47 @@ def _names(values: list[str] | None) -> list[str]:
     return out
 
 
-@pki_app.command("init")
+def parse_pki_args(tokens: list[str]) -> tuple[Path, list[str], list[str]]:
+    """``DIR --kme A B --sae C,D --kme=E`` -> (DIR, [A, B, E], [C, D])."""
+    directory: Path | None = None
+    names: dict[str, list[str]] = {"--kme": [], "--sae": []}
+    mode: str | None = None
+    for token in tokens:
+        flag, eq, value = token.partition("=")
+        if flag in names:
+            mode = flag
+            if eq:
+                names[flag].extend(_names([value]))
+        elif token.startswith("-"):
+            raise typer.BadParameter(f"unknown option {token!r} (use --kme and --sae)")
+        elif mode is None:
+            if directory is not None:
+                raise typer.BadParameter(f"unexpected argument {token!r} before --kme/--sae")
+            directory = Path(token)
+        else:
+            names[mode].extend(_names([token]))
+    if directory is None:
+        raise typer.BadParameter("give the directory first: qnode pki init DIR --kme ... --sae ...")
+    return directory, names["--kme"], names["--sae"]
+
+
+@pki_app.command(
+    "init", context_settings={"allow_extra_args": True, "ignore_unknown_options": True}
+)
 def pki_init(
-    directory: Path = typer.Argument(..., help="Where to write ca.pem, NAME.pem, NAME.key."),
-    kme: list[str] = typer.Option(None, "--kme", help="KME name (repeat or comma-separate)."),
-    sae: list[str] = typer.Option(None, "--sae", help="SAE ID (repeat or comma-separate)."),
+    args: list[str] = typer.Argument(
+        ..., metavar="DIR --kme NAME... --sae NAME...", help="Directory, then KME and SAE names."
+    ),
 ) -> None:
-    """Write a test CA, KME server and SAE client certificates, and CurveZMQ key pairs."""
+    """Write a test CA, KME server and SAE client certificates, and CurveZMQ key pairs.
+
+    ``DIR/ca.pem``, ``DIR/NAME.pem``, ``DIR/NAME.key`` (KMEs: serverAuth, SANs localhost and
+    127.0.0.1; SAEs: clientAuth, CN = SAE ID) and ``DIR/curve/NAME.key(_secret)``. Names may be
+    listed after one flag, repeated, or comma-separated.
+    """
     from controller.pki import CURVE_DIR, init_pki
 
-    kmes, saes = _names(kme), _names(sae)
+    directory, kmes, saes = parse_pki_args(args)
     if not kmes and not saes:
         raise typer.BadParameter("give at least one --kme or --sae")
     try:

@@ -34,7 +34,7 @@ def _cert(path: Path) -> x509.Certificate:
 def test_pki_init_writes_a_usable_pki(cli, tmp_path):
     out = tmp_path / "pki"
     result = cli.invoke(
-        app, ["pki", "init", str(out), "--kme", "alice", "--kme", "bob", "--sae", "app1,app2"]
+        app, ["pki", "init", str(out), "--kme", "alice", "bob", "--sae", "app1,app2"]
     )
     assert result.exit_code == 0, result.output
     for name in ("ca", "alice", "bob", "app1", "app2"):
@@ -68,6 +68,11 @@ def test_pki_and_keys_refuse_bad_input(cli, tmp_path):
     assert cli.invoke(app, ["pki", "init", str(tmp_path)]).exit_code != 0
     bad = cli.invoke(app, ["pki", "init", str(tmp_path), "--sae", "../evil"])
     assert bad.exit_code != 0
+    assert cli.invoke(app, ["pki", "init", str(tmp_path), "--kmee", "x"]).exit_code != 0
+    one = cli.invoke(app, ["pki", "init", str(tmp_path / "p"), "--kme=k1", "--sae", "s1", "--kme",
+                           "k2"])  # fmt: skip
+    assert one.exit_code == 0, one.output
+    assert read_manifest(tmp_path / "p") == {"kmes": ["k1", "k2"], "saes": ["s1"]}
     result = cli.invoke(app, ["keys", "zmq", str(tmp_path / "k"), "ops", "viewer"])
     assert result.exit_code == 0, result.output
     assert (tmp_path / "k" / "viewer.key_secret").exists()
