@@ -254,6 +254,7 @@ class LinkSimulator:
         self._thresholds = thresholds(src.p_basis_z, src.p_signal, src.p_decoy)
         self._n_dead = lm.dead_slots(params)
         self._ap_window = lm.afterpulse_window_slots(params)
+        self._ensure_heap_capacity()
         period = params.period_ps
         self._period_int = int(math.floor(period))
         self._period_frac = period - self._period_int
@@ -286,11 +287,23 @@ class LinkSimulator:
         self._sym_keys = subkeys(key)
         self._key = int(key)
 
+    def _ensure_heap_capacity(self) -> None:
+        """Pending afterpulses per detector <= W + 1 (clicks are > n_dead slots apart); the
+        kernels do not bounds-check, so keep room for the current window plus what is queued."""
+        heap = getattr(self, "_heap", None)
+        size = getattr(self, "_heap_size", 0)
+        need = 4 * (self._ap_window + 2) + 16 + size
+        if heap is None or heap.size < need:
+            new = np.empty(need, dtype=np.int64)
+            if heap is not None:
+                new[:size] = heap[:size]
+            self._heap = new
+
     def reset(self) -> None:
         """Forget dead time and pending afterpulses (a new run)."""
         self._dead_until = np.full(4, -(2**62), dtype=np.int64)
-        self._heap = np.empty(4 * (self._ap_window + 2) + 16, dtype=np.int64)
         self._heap_size = 0
+        self._ensure_heap_capacity()
         self._next_slot = 0
         self._buffers: dict[str, np.ndarray] = {}
         self._out_slot = np.empty(0, np.int64)
