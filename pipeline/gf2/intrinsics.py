@@ -17,15 +17,25 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 
+def _target_features() -> dict[str, bool]:
+    """CPU features numba compiles for: the host's, or NUMBA_CPU_FEATURES when a CPU is forced."""
+    from numba.core import config
+
+    if config.CPU_NAME and config.CPU_NAME != "host":
+        flags = (config.CPU_FEATURES or "").split(",")
+        return {f[1:]: f.startswith("+") for f in flags if f[:1] in "+-" and len(f) > 1}
+    from llvmlite import binding
+
+    return dict(binding.get_host_cpu_features())
+
+
 @cache
 def has_pclmul() -> bool:
-    """True when the host CPU (as LLVM sees it, i.e. what numba compiles for) has PCLMULQDQ."""
+    """True when the CPU numba compiles for has PCLMULQDQ (x86-64 only)."""
     if platform.machine().lower() not in ("x86_64", "amd64"):
         return False
     try:
-        from llvmlite import binding
-
-        return bool(binding.get_host_cpu_features().get("pclmul", False))
+        return bool(_target_features().get("pclmul", False))
     except Exception:  # pragma: no cover - llvmlite cannot read features on some hosts
         try:
             with open("/proc/cpuinfo") as f:
@@ -63,9 +73,7 @@ def has_vpclmul() -> bool:
     if not has_pclmul():
         return False
     try:
-        from llvmlite import binding
-
-        features = binding.get_host_cpu_features()
+        features = _target_features()
         return bool(features.get("vpclmulqdq", False) and features.get("avx512f", False))
     except Exception:  # pragma: no cover
         return False

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -248,3 +252,28 @@ def test_cryptomite_convention_mapping():
         )
         assert np.array_equal(np.asarray(theirs, dtype=np.uint8), ours), (n, m)
         assert np.array_equal(numpy_fft_toeplitz(bits, key_seed, m), ours), (n, m)
+
+
+def test_a_target_without_pclmul_selects_the_ntt_with_the_same_output(tmp_path):
+    # NUMBA_CPU_NAME=generic makes numba compile for a CPU without PCLMULQDQ: the run-time
+    # selection must pick the NTT, and the key must be the one the clmul path gives here.
+    bits, key_seed = random_case(5000, 1700, 77)
+    np.save(tmp_path / "bits.npy", bits)
+    np.save(tmp_path / "seed.npy", key_seed)
+    script = (
+        "import sys, numpy as np\n"
+        "from pipeline.amplification import default_backend, toeplitz_hash\n"
+        "d = sys.argv[1]\n"
+        "y = toeplitz_hash(np.load(d + '/bits.npy'), np.load(d + '/seed.npy'), 1700)\n"
+        "np.save(d + '/y.npy', y)\n"
+        "print(default_backend())\n"
+    )
+    env = {**os.environ, "NUMBA_CPU_NAME": "generic", "NUMBA_CACHE_DIR": str(tmp_path / "cache")}
+    env.pop("QNODE_TOEPLITZ_BACKEND", None)
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path)],
+        env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "ntt"
+    assert np.array_equal(np.load(tmp_path / "y.npy"), toeplitz_hash(bits, key_seed, 1700))
