@@ -35,7 +35,7 @@ FAMILY_CODES = (
 MAX_PUNCTURED = 0.10  # fraction of n; more puncturing makes BP lose too much (Elkouss 2010)
 MAX_SHORTENED = 0.6  # fraction of n; beyond this the frame carries too little key
 MIN_QBER = 0.005  # below this the plan is made as if Q = 0.5 % (h(Q) -> 0 would ask for R -> 1)
-DEFAULT_F_TARGET = 1.09
+DEFAULT_F_TARGET = 1.08
 DEFAULT_REVEAL_F_STEP = 0.02
 DEFAULT_MAX_REVEALS = 4
 # Lowest starting efficiency worth trying per code (measured with the SPA decoder at n = 2^17:
@@ -136,7 +136,7 @@ def plan_frame(
     only h(Q)); the rest of the adaptation is shortening. Among the codes whose puncturing and
     shortening stay within ``MAX_PUNCTURED`` / ``MAX_SHORTENED`` the one with the least
     adaptation wins (Elkouss et al. 2010: small ``d = p + s`` keeps f low), puncturing beyond the
-    reveal budget counting triple because it costs BP more than shortening.
+    reveal budget counting five-fold because it costs BP far more than shortening.
     """
     if not 0.0 <= qber_estimate <= 0.5:
         raise ValueError(f"QBER estimate must be in [0, 0.5], got {qber_estimate}")
@@ -160,7 +160,7 @@ def plan_frame(
             p, s = math.ceil((m - lam * n) / (1.0 - lam)), 0
         if p > MAX_PUNCTURED * n or s > MAX_SHORTENED * n or n - p - s <= 0:
             continue
-        cost = (3 * p - 2 * budget + s) / n  # puncturing beyond the reveal budget weighs 3x
+        cost = (5 * p - 4 * budget + s) / n  # puncturing beyond the reveal budget weighs 5x
         if best is None or cost < best[0]:
             best = (cost, name, p, s, step)
     if best is None:
