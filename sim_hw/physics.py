@@ -306,8 +306,6 @@ class LinkSimulator:
         self._ensure_heap_capacity()
         self._next_slot = 0
         self._buffers: dict[str, np.ndarray] = {}
-        self._out_slot = np.empty(0, np.int64)
-        self._out_chan = np.empty(0, np.uint8)
 
     @property
     def params(self) -> lm.LinkParams:
@@ -359,22 +357,30 @@ class LinkSimulator:
         last_block = (end - 1) // BLOCK_SLOTS
         cap = self._block_capacity()
         blocks_per_chunk = max(1, _MAX_CHUNK_ENTRIES // cap)
+        # Output written in place and shrunk at the end (realloc): no copy, and pages beyond
+        # what is filled are never touched. Sized for ~2x the expected clicks; grows if needed.
+        size = (
+            int(2.0 * n_slots * self._p_max)
+            + 4 * min(blocks_per_chunk, 1 + n_slots // BLOCK_SLOTS) * cap
+            + 1024
+        )
+        out = [np.empty(size, np.int64), np.empty(size, np.uint8)]
         n_out = 0
         b = first_block
         while b <= last_block:
             nb = min(blocks_per_chunk, last_block - b + 1)
             lo = max(first_slot, b * BLOCK_SLOTS)
             hi = min(end, (b + nb) * BLOCK_SLOTS)
-            n_out = self._run_chunk(b, nb, lo, hi, cap, n_out)
+            n_out = self._run_chunk(b, nb, lo, hi, cap, out, n_out)
             b += nb
-        slot = self._out_slot[:n_out].copy()
-        chan = self._out_chan[:n_out].copy()
+        slot, chan = out
+        slot.resize(n_out, refcheck=False)
+        chan.resize(n_out, refcheck=False)
         time_ps = np.empty(n_out, dtype=np.int64)
         rx = self._params.receiver
         in_order = _stamp_times(
             slot, chan, *self._jit_keys, rx.jitter_ps, self._quantiles, self._period_int,
-            self._period_frac,
-            self._delay_ps, time_ps,
+            self._period_frac, self._delay_ps, time_ps,
         )  # fmt: skip
         if not in_order:  # jitter larger than the gap between neighbours
             order = np.argsort(time_ps, kind="stable")
@@ -392,8 +398,11 @@ class LinkSimulator:
             buf = self._buffers[name] = np.empty(shape, dtype=dtype)
         return buf
 
-    def _run_chunk(self, first_block: int, n_blocks: int, lo: int, hi: int, cap: int, n_out: int):
-        """Candidates of ``n_blocks`` blocks, then the detector pass appending at ``n_out``."""
+    def _run_chunk(
+        self, first_block: int, n_blocks: int, lo: int, hi: int, cap: int, out: list, n_out: int
+    ) -> int:
+        """Candidates of ``n_blocks`` blocks, then the detector pass appending to ``out`` (slot,
+        channel arrays, grown in place when needed) at ``n_out``; returns the new count."""
         while True:
             cand_slot = self._scratch("cand_slot", (n_blocks, cap), np.int64)
             cand_mask = self._scratch("cand_mask", (n_blocks, cap), np.uint8)
@@ -410,17 +419,15 @@ class LinkSimulator:
                 break
             cap = min(BLOCK_SLOTS, 2 * cap)  # a block overflowed (very unlikely): redo, larger
         need = n_out + 4 * int(counts.sum()) + self._heap_size + 16  # a hard bound
-        if need > self._out_slot.size:  # grow; copy only what is filled (no page touching)
-            size = max(need, 2 * self._out_slot.size)
-            new_slot, new_chan = np.empty(size, np.int64), np.empty(size, np.uint8)
-            new_slot[:n_out] = self._out_slot[:n_out]
-            new_chan[:n_out] = self._out_chan[:n_out]
-            self._out_slot, self._out_chan = new_slot, new_chan
+        if need > out[0].size:
+            size = max(need, 2 * out[0].size)
+            out[0].resize(size, refcheck=False)
+            out[1].resize(size, refcheck=False)
         rx = self._params.receiver
         n_out, self._heap_size = _detector_pass(
             cand_slot, cand_mask, counts, lo, hi, self._dead_until, self._heap, self._heap_size,
             self._n_dead, rx.afterpulse_prob, self._ap_window, *self._ap_keys,
-            self._out_slot, self._out_chan, n_out,
+            out[0], out[1], n_out,
         )  # fmt: skip
         return n_out
 
