@@ -83,7 +83,7 @@ def _candidates(
         n = 0
         while True:
             e, state = standard_exponential(state, zig_w, zig_k, zig_f)
-            pos += 1 + int(e * inv_rate)
+            pos += 1 + int(min(e * inv_rate, 2.0 * BLOCK_SLOTS))  # clamp: tiny p_max
             if pos >= stop:
                 break
             state += _GOLDEN
