@@ -99,4 +99,10 @@ def atanh2(y):
     return log_pos((np.float32(1.0) + y) / max(np.float32(1.0) - y, np.float32(6e-8)))
 
 
+@njit(cache=True, inline="always", fastmath=True, error_model="numpy")
+def atanh2_ratio(p, y):
+    """2 atanh(p / y) = ln((y + p) / (y - p)) for 0 <= p <= y: one division instead of two."""
+    return log_pos((y + p) / max(y - p, np.float32(6e-8) * y))
+
+
 import numpy as np  # noqa: E402  (numba resolves np at compile time; kept last for the intrinsics)

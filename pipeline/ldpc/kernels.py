@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from .fastmath import atanh2, tanh_half
+from .fastmath import atanh2_ratio, tanh_half
 
 _FAST = {"cache": True, "fastmath": True, "error_model": "numpy"}
 BIG = np.float32(3.0e38)
@@ -127,7 +127,7 @@ def _spa_in(src, old, ext, aux, prod, sgn, par):
 def _spa_out(ext, aux, prod, sgn, msg, post):
     """Sum-product pass 2: |new| = 2 atanh(product of the other edges); posterior = t + new."""
     for k in range(ext.size):
-        mag = atanh2(prod[k] / aux[k])
+        mag = atanh2_ratio(prod[k], aux[k])
         v = ext[k]
         new = -mag if (v < 0) != (sgn[k] < 0) else mag
         msg[k] = new
