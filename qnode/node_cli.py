@@ -118,6 +118,9 @@ def link_command(
     json_file: Path | None = typer.Option(None, "--json", help="Write the figures here (JSON)."),
     workdir: Path | None = typer.Option(None, "--workdir", help="Keep configs and stores here."),
     seed: int = typer.Option(1, "--seed", help="Seed of the photon simulation."),
+    p_basis_z: float = typer.Option(
+        0.7, "--p-basis-z", help="Alice's probability of Z, the test basis (0 < p < 1)."
+    ),
     quiet: bool = typer.Option(False, "--quiet", help="No live view."),
     pki: Path | None = typer.Option(
         None, "--pki", help="PKI from `qnode pki init` for ETSI 014 (default: one in the workdir)."
@@ -140,6 +143,9 @@ def link_command(
     if preset and link_file:
         console.print("qnode link: give --preset or --link, not both")
         raise typer.Exit(2)
+    if not 0.0 < p_basis_z < 1.0:
+        console.print(f"qnode link: --p-basis-z must be within (0, 1), not {p_basis_z}")
+        raise typer.Exit(2)
     if auth not in ("hmac", "wegman-carter"):
         console.print(f"qnode link: --auth must be hmac or wegman-carter, not {auth!r}")
         raise typer.Exit(2)
@@ -147,6 +153,7 @@ def link_command(
         preset=None if link_file else (preset or "snspd"), link_file=link_file,
         distance_km=distance, duration_s=duration if keys is not None else (duration or 30.0),
         keys=keys, block_bits=block_bits or DEFAULT_BLOCK_BITS, seed=seed, auth=auth,
+        p_basis_z=p_basis_z,
         workdir=workdir,
     )  # fmt: skip
     try:
