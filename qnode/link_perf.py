@@ -42,7 +42,9 @@ def _predicted(params: Any, n_x: int) -> float | None:
         from pipeline.keyrate import expected_key_rate
     except ModuleNotFoundError:
         return None
-    return expected_key_rate(params, block=n_x, optimise=False).rate_bps / 1e6
+    # the node's security parameters (qnode/config.py PipelineConfig defaults)
+    result = expected_key_rate(params, block=n_x, optimise=False, eps_sec=1e-10, eps_cor=1e-12)
+    return result.rate_bps / 1e6
 
 
 def measure(duration_s: float) -> dict[str, Any]:
@@ -70,6 +72,8 @@ def measure(duration_s: float) -> dict[str, Any]:
         rss_end = {r: _rss_mb(pids[r]) for r in pids}
         wall = time.monotonic() - link.t0
         bob = link.link_payload("bob")
+        last_block = link.latest["bob"].get("qfs/telemetry/bob/block/", {})
+        n_x = int(last_block.get("n_x") or BLOCK_BITS)
         acq = link.latest["bob"].get("qfs/telemetry/bob/acquisition/", {})
         link.settle(10)
         result = link.result()
@@ -83,7 +87,9 @@ def measure(duration_s: float) -> dict[str, Any]:
             "skr_mbps": key_bits / wall / 1e6,
             "skr_sim_mbps": key_bits / sim_s / 1e6 if sim_s else 0.0,
             "sim_speed": sim_s / wall,
-            "predicted_skr_mbps": _predicted(link.params, BLOCK_BITS),
+            "predicted_skr_mbps": _predicted(link.params, n_x),
+            "n_x": n_x,
+            "p_basis_z": link.params.source.p_basis_z,
             "rss_mb": round(max(rss_peak.values()), 1),
             "rss_mb_alice": round(rss_peak["alice"], 1),
             "rss_mb_bob": round(rss_peak["bob"], 1),
