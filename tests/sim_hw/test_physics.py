@@ -39,12 +39,22 @@ CASES = [
     ("snspd", 0, 2_000_000),
     ("snspd", 50, 4_000_000),
     ("snspd", 140, 100_000_000),
+    ("lim2014+raman", 25, 20_000_000),
+    ("snspd+raman", 80, 20_000_000),
 ]
+# Co-propagating classical channel (reference §4.4): -10 dBm launch forward, -20 dBm backward.
+RAMAN = {
+    "lim2014+raman": {"classical_power_dbm": -10.0},
+    "snspd+raman": {"classical_power_dbm": -20.0, "raman_direction": "backward"},
+}
 
 
 @pytest.mark.parametrize(("name", "km", "pulses"), CASES, ids=lambda v: str(v))
 def test_simulation_matches_closed_forms(name: str, km: float, pulses: int) -> None:
-    params = lm.preset(name).with_distance(km)
+    fibre = {"length_km": km, **RAMAN.get(name, {})}
+    params = lm.preset(name.split("+")[0]).with_changes(fibre=fibre)
+    if name in RAMAN:  # the noise must matter for the case to test anything
+        assert lm.noise_probs(params)[0] > 10 * params.receiver.dark_count_prob
     stats = simulate_stats(params, pulses, seed=11)
     model = lm.expected_stats(params)
     # Dead time and afterpulses are modelled to first order (renewal argument).
