@@ -29,8 +29,9 @@ from .ldpc.rate import DEFAULT_F_TARGET, DEFAULT_MAX_REVEALS, FramePlan, plan_fr
 from .verification import DEFAULT_EPS_COR, VerifierAlice, VerifierBob
 
 DEFAULT_BATCH_FRAMES = 16
-FIRST_ROUND_ITER = 60  # most frames that converge at all do so within ~50 iterations at f~1.06
-REVEAL_ROUND_ITER = 40  # after a reveal the decoder resumes from its state, so fewer suffice
+FIRST_ROUND_ITER = 100
+REVEAL_ROUND_ITER = 60  # after a reveal the decoder resumes from its state, so fewer suffice
+STALL_ITERS = 10  # a frame with no new minimum of unsatisfied checks for this long is stuck
 
 
 def check_bits(name: str, bits: np.ndarray) -> np.ndarray:
@@ -335,7 +336,7 @@ class ReconcilerBob(_Side):
     def _decode(self, batch: _Frames, idx: np.ndarray, round_: int) -> list[Message]:
         first = batch.ids[0]
         iters = self.first_iter if round_ == 0 else self.reveal_iter
-        bits, ok, _ = self._dec[first].run(idx, max_iter=iters)
+        bits, ok, _ = self._dec[first].run(idx, max_iter=iters, stall=STALL_ITERS)
         batch.words[idx] = bits
         batch.decoded[idx] = ok
         retry = idx[~ok]

@@ -67,9 +67,12 @@ class BatchDecoder:
         self.llr[frame, positions] = values
 
     def run(
-        self, frames: np.ndarray | None = None, max_iter: int = 60
+        self, frames: np.ndarray | None = None, max_iter: int = 60, stall: int = 0
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Iterate the selected frames (all by default) from where they stopped.
+
+        ``stall`` > 0 stops a frame whose unsatisfied-check count made no new minimum for that
+        many iterations (it is stuck; a blind round helps it more than more iterations).
 
         Returns ``(bits, converged, iterations)`` for those frames: hard decisions uint8,
         whether each decision satisfies its syndrome, and the iterations of this call.
@@ -78,7 +81,7 @@ class BatchDecoder:
         code = self.code
         return decode_batch_kernel(
             self.post, self.msg, self.syn, sel.astype(np.int64), code.row_ptr, code.edge_col,
-            code.edge_shift, code.z, int(max_iter), *self._args,
+            code.edge_shift, code.z, int(max_iter), int(stall), *self._args,
         )  # fmt: skip
 
 

@@ -18,14 +18,16 @@ BIG = np.float32(3.0e38)
 
 
 @njit(parallel=True, **_FAST)
-def decode_batch_kernel(post, msg, syn, sel, row_ptr, edge_col, edge_shift, z, max_iter, spa, alpha,
-                        beta):  # fmt: skip
+def decode_batch_kernel(post, msg, syn, sel, row_ptr, edge_col, edge_shift, z, max_iter, stall,
+                        spa, alpha, beta):  # fmt: skip
     """Decode frames ``sel`` of the batch in parallel, continuing from ``post``/``msg`` in place.
 
     ``post`` (frames, n) holds posterior LLRs (the channel LLRs for a fresh start) and ``msg``
     (frames, edges) the check-to-variable messages (zeros for a fresh start), so a frame can be
-    resumed after a blind round changed some channel LLRs. Returns (bits, ok, iterations) for
-    the selected frames.
+    resumed after a blind round changed some channel LLRs. A frame whose count of unsatisfied
+    checks has not reached a new minimum for ``stall`` iterations stops early (0: never): such
+    frames are stuck, and a blind round helps them more than further iterations. Returns (bits,
+    ok, iterations) for the selected frames.
     """
     n = post.shape[1]
     bits = np.zeros((sel.size, n), dtype=np.uint8)
@@ -34,15 +36,15 @@ def decode_batch_kernel(post, msg, syn, sel, row_ptr, edge_col, edge_shift, z, m
     for i in prange(sel.size):
         f = sel[i]
         it, good = _decode_frame(post[f], msg[f], syn[f], bits[i], row_ptr, edge_col, edge_shift,
-                                 z, max_iter, spa, alpha, beta)  # fmt: skip
+                                 z, max_iter, stall, spa, alpha, beta)  # fmt: skip
         ok[i] = good
         iters[i] = it
     return bits, ok, iters
 
 
 @njit(**_FAST)
-def _decode_frame(post, msg, syn, out, row_ptr, edge_col, edge_shift, z, max_iter, spa, alpha,
-                  beta):  # fmt: skip
+def _decode_frame(post, msg, syn, out, row_ptr, edge_col, edge_shift, z, max_iter, stall, spa,
+                  alpha, beta):  # fmt: skip
     m_b = row_ptr.size - 1
     d_max = 0
     for r in range(m_b):
@@ -55,6 +57,8 @@ def _decode_frame(post, msg, syn, out, row_ptr, edge_col, edge_shift, z, max_ite
     sgn = np.empty(z, dtype=np.float32)  # product of signs times (-1)^syndrome
     par = np.empty(z, dtype=np.int32)  # syndrome parity of the hard decisions (cheap test)
     one = np.float32(1.0)
+    best_unsat = row_ptr.size * z
+    best_it = 0
     for it in range(1, max_iter + 1):
         unsat = 0
         for r in range(m_b):
@@ -105,8 +109,12 @@ def _decode_frame(post, msg, syn, out, row_ptr, edge_col, edge_shift, z, max_ite
         if unsat == 0 and _satisfied(post, syn, row_ptr, edge_col, edge_shift, z):
             _hard(post, out)
             return it, True
+        if unsat < best_unsat:
+            best_unsat, best_it = unsat, it
+        elif stall > 0 and it - best_it >= stall:
+            break
     _hard(post, out)
-    return max_iter, _satisfied(post, syn, row_ptr, edge_col, edge_shift, z)
+    return it, _satisfied(post, syn, row_ptr, edge_col, edge_shift, z)
 
 
 @njit(inline="always", **_FAST)
