@@ -142,12 +142,10 @@ class Acquisition:
             self.cmd.send(packb(reply))
 
     def _apply(self, cmd: str, args: dict[str, Any]) -> Any:
-        if cmd == "pause":
+        if cmd in ("pause", "stop"):  # stop: no new frames; the process stays for its state
             self.paused = True
-        elif cmd == "resume" or cmd == "start":
+        elif cmd in ("resume", "start"):
             self.paused = False
-        elif cmd == "stop":
-            self.running = False
         elif cmd == "set_attenuation":
             self.bench.attenuator.set_attenuation_db(float(args["db"]))
             return {"attenuation_db": self.bench.attenuator.attenuation_db}
@@ -237,7 +235,7 @@ class Acquisition:
             if len(time_ps) == 0:
                 time.sleep(0.01)
                 continue
-            np.add.at(self.detections, np.minimum(channel, 4), 1)
+            self.detections += np.bincount(np.minimum(channel, 4), minlength=5)[:5]
             gate_before = builder.dropped_outside_gate
             events = builder.convert(time_ps, channel)
             # Slot of the latest tag, less a guard for jitter: frames before it are complete.

@@ -72,6 +72,7 @@ class Counters:
         self.ldpc_frames_failed = 0
         self.aborts = 0
         self.resets = 0
+        self.malformed_peer = 0
         self.counts = np.zeros((2, 3), np.int64)  # matched detections [basis, intensity]
         self.test_errors = np.zeros(3, np.int64)  # Z errors per intensity
         self.last_block: dict[str, Any] = {}
@@ -208,6 +209,19 @@ class PostProcess:
                 self.epoch = None
 
     def on_peer(self, msg: dict[str, Any]) -> None:
+        """One authenticated message from the twin; one that makes no sense is counted and
+        dropped (with the block it names, on both sides), never raised into the loop."""
+        try:
+            self._on_peer(msg)
+        except Exception as exc:  # noqa: BLE001 - the loop must survive any peer message
+            self.stats.malformed_peer += 1
+            log.warning("dropping a peer message %r: %s: %s", msg.get("type"),
+                        type(exc).__name__, exc)  # fmt: skip
+            block = msg.get("block")
+            if isinstance(block, int) and block in self.blocks:
+                self._block_failed_both(block, f"bad {msg.get('type')}: {exc}")
+
+    def _on_peer(self, msg: dict[str, Any]) -> None:
         kind = msg.get("type")
         if kind in COMMIT_TYPES:
             for reply in self.commit.handle(msg):
@@ -238,8 +252,8 @@ class PostProcess:
             side = self.blocks[msg["block"]]
             try:
                 out = side.handle(msg)
-            except ValueError as exc:
-                self._block_failed_both(msg["block"], f"{kind}: {exc}")
+            except Exception as exc:  # noqa: BLE001 - a stage refusing a message drops its block
+                self._block_failed_both(msg["block"], f"{kind}: {type(exc).__name__}: {exc}")
                 return
             self._after_block_step(msg["block"], out)
         elif kind == "block_failed" and isinstance(msg.get("block"), int):
@@ -502,6 +516,7 @@ class PostProcess:
             "blocks_failed": st.blocks_failed,
             "fer": st.ldpc_frames_failed / st.ldpc_frames if st.ldpc_frames else None,
             "aborts": st.aborts,
+            "malformed_peer": st.malformed_peer,
             "keystore_blocks": blocks,
             "keystore_bits": bits,
             **qber_z,
@@ -532,12 +547,10 @@ class PostProcess:
             self.cmd.send(packb(reply))
 
     def _apply(self, cmd: str, args: dict[str, Any]) -> dict[str, Any]:
-        if cmd == "pause":
+        if cmd in ("pause", "stop"):  # stop: no new frames; the process stays for its state
             self.paused = True
         elif cmd in ("resume", "start"):
             self.paused = False
-        elif cmd == "stop":
-            self.running = False
         elif cmd == "set_block_size":
             n_bits = int(args["n_bits"])
             if not 1024 <= n_bits <= 1 << 28:

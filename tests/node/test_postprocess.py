@@ -1,0 +1,71 @@
+"""The post-processing process's message handling: nonsense from the peer never crashes it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from qnode.config import parse_config
+
+
+@pytest.fixture
+def alice_pp(tmp_path, monkeypatch):
+    from pipeline.postprocess import PostProcess
+
+    monkeypatch.setenv("QNODE_TEST_SECRET", "ab" * 32)
+    cfg = parse_config(
+        {
+            "node": "alice",
+            "role": "alice",
+            "bench": "bench.toml",
+            "peer": {"id": "bob", "bind": "tcp://127.0.0.1:0", "secret_env": "QNODE_TEST_SECRET"},
+            "keystore": {"path": str(tmp_path / "a.db")},
+        }  # fmt: skip
+    )
+    pp = PostProcess(cfg, f"ipc://{tmp_path}/hub.ipc")
+    yield pp
+    pp.channel.close()
+    pp.store.close()
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        {"type": "commit_query", "block_ids": 5},
+        {"type": "commit_status", "status": "everything"},
+        {"type": "commit_propose", "block": "x", "block_id": None, "seq": "y"},
+        {"type": "reset", "epoch": 7},
+        {"type": "block_close", "epoch": 7, "block": 1, "frames": ["x", None]},
+        {"type": "block_close", "epoch": 7, "block": 2, "frames": [1, 2]},
+        {"type": "sift_announce", "epoch": 7, "frame": 3, "n": 5, "slot": "nope"},
+        {
+            "type": "sift_announce",
+            "epoch": 7,
+            "frame": -1,
+            "n": 2,
+            "slot": np.array([1, 2]),
+            "basis": b"\x00",
+            "test_bits": b"\x00",
+        },  # fmt: skip
+        {"type": "ldpc_syndrome", "epoch": 7, "block": 99},
+        {"type": "pa_seed", "epoch": 7, "block": 1, "n": -1},
+        {"type": "block_failed", "epoch": 7, "block": "z"},
+        {"type": "weird", "epoch": 7},
+        {"type": "sift_reply", "epoch": 7, "frame": {}},
+    ],
+)
+def test_nonsense_from_the_peer_is_dropped_not_raised(alice_pp, message):
+    alice_pp.on_peer({"type": "reset", "epoch": 7})
+    alice_pp.on_peer(message)  # must not raise
+    assert alice_pp.store.blocks() == []
+    assert alice_pp.blocks == {}
+
+
+def test_commands_answer_errors_for_bad_input(alice_pp):
+    assert alice_pp._apply("state", {})["block_bits"] == alice_pp.cfg.pipeline.block_bits
+    assert alice_pp._apply("set_block_size", {"n_bits": 4096})["block_bits"] == 4096
+    with pytest.raises(ValueError):
+        alice_pp._apply("set_block_size", {"n_bits": 3})
+    with pytest.raises(ValueError):
+        alice_pp._apply("fly", {})
+    assert alice_pp._apply("stop", {})["paused"] is True
