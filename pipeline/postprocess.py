@@ -259,6 +259,10 @@ class PostProcess:
         elif kind == "block_failed" and isinstance(msg.get("block"), int):
             if msg["block"] in self.blocks:
                 self._block_finished(msg["block"], None, f"peer: {msg.get('reason')}")
+            elif isinstance(self.commit, CommitResponder):
+                # finished here, failed at Bob's: its final key must never be committed
+                for reply in self.commit.drop(msg["block"]):
+                    self.send(reply)
 
     # ------------------------------------------------------------------ frames (sifting)
     def _bob_pull_frames(self) -> None:
