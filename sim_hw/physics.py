@@ -33,13 +33,14 @@ from numba import njit, prange
 from qnode import linkmodel as lm
 from sim_hw.symbols import mix64, slot_word, subkeys, symbol_of_word, thresholds
 from sim_hw.variates import (
+    NZIG_F,
+    NZIG_K,
+    NZIG_W,
     ZIG_F,
     ZIG_K,
     ZIG_W,
-    inverse_normal_cdf,  # noqa: F401  (re-exported for tests and callers)
-    normal_quantile,
-    quantile_table,
     standard_exponential,
+    standard_normal,
 )
 from sim_hw.variates import uniform53 as _uniform53
 
@@ -189,8 +190,9 @@ def _detector_pass(
 
 @njit(cache=True, parallel=True)
 def _stamp_times(
-    slots, chans, jit_ka, jit_kb, jitter_ps, table, period_int, period_frac, delay_ps, out
-):
+    slots, chans, jit_ka, jit_kb, jitter_ps, zig_w, zig_k, zig_f, period_int, period_frac,
+    delay_ps, out,
+):  # fmt: skip
     """``slot * period + delay + round(N(0, jitter))``; the jitter is keyed by (slot, detector).
     Returns whether the times came out in order."""
     n = slots.size
@@ -204,7 +206,8 @@ def _stamp_times(
             t = s * period_int + delay_ps + int(math.floor(s * period_frac + 0.5))
             if jitter_ps > 0.0:
                 r = slot_word(np.uint64(s * 4 + chans[i] - 1), jit_ka, jit_kb)
-                t += int(math.floor(jitter_ps * normal_quantile(_uniform53(r), table) + 0.5))
+                g, _ = standard_normal(r, zig_w, zig_k, zig_f)
+                t += int(math.floor(jitter_ps * g + 0.5))
             out[i] = t
         for i in range(max(lo, 1), hi):
             disorder[c] += out[i] < out[i - 1]
@@ -236,7 +239,6 @@ class LinkSimulator:
         self._block_key = _stream_keys(self._seed, 1)[0]
         self._ap_keys = _stream_keys(self._seed, 2)
         self._jit_keys = _stream_keys(self._seed, 3)
-        self._quantiles = quantile_table()
         self._light_on = True
         self.set_key(key)
         self.update(params)
@@ -379,8 +381,8 @@ class LinkSimulator:
         time_ps = np.empty(n_out, dtype=np.int64)
         rx = self._params.receiver
         in_order = _stamp_times(
-            slot, chan, *self._jit_keys, rx.jitter_ps, self._quantiles, self._period_int,
-            self._period_frac, self._delay_ps, time_ps,
+            slot, chan, *self._jit_keys, rx.jitter_ps, NZIG_W, NZIG_K, NZIG_F,
+            self._period_int, self._period_frac, self._delay_ps, time_ps,
         )  # fmt: skip
         if not in_order:  # jitter larger than the gap between neighbours
             order = np.argsort(time_ps, kind="stable")

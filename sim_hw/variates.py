@@ -8,9 +8,10 @@ closed forms at the 5-sigma level over ~1e6 clicks:
   layers, with the layer index and the abscissa taken from disjoint bits of one word (Doornik
   2005's remedy for the original's correlation). ~99 % of draws cost one word, a table look-up
   and a multiply; the geometric gaps of ``sim_hw.physics`` are ``floor(E / -log(1-p))``.
-* ``inverse_normal_cdf``: Acklam's rational approximation with one Halley step on the tails,
-  ``normal_quantile``: a 2049-point table with linear interpolation on [0.05, 0.95] (error < 5e-6)
-  and Acklam elsewhere; used for Gaussian timing jitter keyed by (slot, detector).
+* ``standard_normal``: the same ziggurat for the normal density (sign from a separate bit, the
+  tail by Marsaglia's method); Gaussian timing jitter keyed by (slot, detector).
+* ``inverse_normal_cdf`` / ``normal_quantile``: Acklam's inverse normal CDF (with one Halley step
+  on the tails) and a tabulated version on [0.05, 0.95]; kept for callers that need quantiles.
 """
 
 from __future__ import annotations
@@ -73,6 +74,58 @@ def standard_exponential(state: np.uint64, w, k, f) -> tuple[float, np.uint64]:
             return _ZIG_R - math.log(u), state  # tail beyond r: memoryless
         if f[i] + u * (f[i + 1] - f[i]) < math.exp(-x):
             return x, state  # the wedge
+
+
+# --- normal ziggurat ------------------------------------------------------------------------
+_NZIG_R = 3.6541528853610088  # Marsaglia & Tsang's 256-layer normal ziggurat
+
+
+def _normal_ziggurat_tables() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """As ``_exp_ziggurat_tables`` for the half-normal density exp(-x^2/2); the layer area is
+    ``r f(r) + sqrt(pi/2) erfc(r/sqrt 2)`` (base rectangle plus tail), closing at f = 1."""
+    r = _NZIG_R
+    area = r * math.exp(-r * r / 2) + math.sqrt(math.pi / 2) * math.erfc(r / math.sqrt(2))
+    b = np.empty(257)
+    b[0] = area / math.exp(-r * r / 2)
+    b[1] = r
+    for i in range(1, 255):
+        b[i + 1] = math.sqrt(-2.0 * math.log(math.exp(-b[i] * b[i] / 2) + area / b[i]))
+    b[256] = 0.0
+    w = b[:256] / 2.0**53
+    k = np.floor(2.0**53 * b[1:] / b[:256]).astype(np.int64)
+    f = np.exp(-b * b / 2)
+    f[256] = 1.0
+    return w, k, f
+
+
+NZIG_W, NZIG_K, NZIG_F = _normal_ziggurat_tables()
+
+
+@njit(cache=True, inline="always")
+def standard_normal(state: np.uint64, w, k, f) -> tuple[float, np.uint64]:
+    """An N(0, 1) draw from the splitmix64 stream at ``state``; returns (value, new state).
+    Bits 0-7 pick the layer, bit 8 the sign, bits 11-63 the abscissa."""
+    while True:
+        state += _GOLDEN
+        z = mix64(state)
+        i = np.int64(z & np.uint64(0xFF))
+        sign = 1.0 - 2.0 * np.float64((z >> np.uint64(8)) & np.uint64(1))
+        m = np.int64(z >> np.uint64(11))
+        x = m * w[i]
+        if m < k[i]:
+            return sign * x, state
+        if i == 0:  # tail beyond r (Marsaglia 1964)
+            while True:
+                state += _GOLDEN
+                xx = -math.log(uniform53(mix64(state))) / _NZIG_R
+                state += _GOLDEN
+                yy = -math.log(uniform53(mix64(state)))
+                if 2.0 * yy > xx * xx:
+                    return sign * (_NZIG_R + xx), state
+        state += _GOLDEN
+        u = uniform53(mix64(state))
+        if f[i] + u * (f[i + 1] - f[i]) < math.exp(-0.5 * x * x):
+            return sign * x, state
 
 
 # --- normal quantiles ----------------------------------------------------------------------

@@ -10,10 +10,22 @@ import pytest
 from numba import njit
 
 from qnode import linkmodel as lm
-from sim_hw.physics import LinkSimulator, inverse_normal_cdf, normal_quantile, quantile_table
+from sim_hw.physics import LinkSimulator
 from sim_hw.stats import simulate_stats
 from sim_hw.symbols import decode, symbols_for_slots
-from sim_hw.variates import ZIG_F, ZIG_K, ZIG_W, standard_exponential
+from sim_hw.variates import (
+    NZIG_F,
+    NZIG_K,
+    NZIG_W,
+    ZIG_F,
+    ZIG_K,
+    ZIG_W,
+    inverse_normal_cdf,
+    normal_quantile,
+    quantile_table,
+    standard_exponential,
+    standard_normal,
+)
 
 SIGMAS = 5.0
 
@@ -243,3 +255,28 @@ def test_update_widening_afterpulse_window_keeps_state_consistent() -> None:
     per_slot = sum(wide.source.p_class(k) * m[c].gain for k, c in enumerate(lm.CLASSES))
     assert first.slot.size > 1000
     assert second.slot.size == pytest.approx(per_slot * 2_000_000 * 1.0, rel=0.03)
+
+
+@njit(cache=True)
+def _normals(n, seed):
+    out = np.empty(n)
+    state = np.uint64(seed)
+    for i in range(n):
+        out[i], state = standard_normal(state, NZIG_W, NZIG_K, NZIG_F)
+    return out
+
+
+def test_ziggurat_normal_is_n01() -> None:
+    """Bins (including the tail beyond r = 3.654) against the normal CDF within 5 sigma."""
+    from scipy.special import ndtr
+
+    x = _normals(4_000_000, 91)
+    edges = np.array(
+        [-np.inf, -4.5, -3.6542, -3, -2, -1, -0.3, 0, 0.3, 1, 2, 3, 3.6542, 4.5, np.inf]
+    )
+    observed, _ = np.histogram(x, edges)
+    expected = np.diff(ndtr(edges)) * x.size
+    z = (observed - expected) / np.sqrt(expected)
+    assert np.all(np.abs(z) < 5), z
+    assert abs(x.mean()) < 5 / np.sqrt(x.size)
+    assert abs(x.var() - 1) < 5 * np.sqrt(2 / x.size)
