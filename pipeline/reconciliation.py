@@ -126,6 +126,26 @@ class _Side:
                 self.leak[f] = batch.plan.leaked(int(batch.revealed[pos[f]]))
             else:
                 self.failed.add(f)
+        if all(f in self.kept or f in self.failed for f in batch.ids):
+            batch.words = None  # the kept keys are copies; free the frame buffers
+
+    def _unresolved(self, frames: list[int]) -> None:
+        if any(f in self.kept or f in self.failed for f in frames):
+            raise ValueError(f"frames {frames[:3]}... of block {self.block} are already settled")
+
+    def handle(self, msg: Message) -> list[Message]:
+        """React to the peer's message; returns the messages to send back.
+
+        A message that does not fit this block's state (unknown type, block or frames, missing
+        fields, wrong shapes, replays) raises ValueError and changes nothing it has not checked.
+        """
+        try:
+            return self._handle(msg)
+        except (KeyError, TypeError, IndexError, AttributeError) as exc:
+            raise ValueError(f"malformed {msg.get('type')!r} message: {exc!r}") from exc
+
+    def _handle(self, msg: Message) -> list[Message]:
+        raise NotImplementedError
 
 
 class ReconcilerAlice(_Side):
@@ -180,13 +200,14 @@ class ReconcilerAlice(_Side):
             )
         return out
 
-    def handle(self, msg: Message) -> list[Message]:
-        """React to Bob's message; returns the messages to send back."""
+    def _handle(self, msg: Message) -> list[Message]:
         kind = msg.get("type")
         batch = self._batch(msg)
         frames = [int(f) for f in msg["frames"]]
         idx = np.array([batch.ids.index(f) for f in frames], dtype=np.int64)
         if kind == "ldpc_reveal_request":
+            if batch.decoded.size:
+                raise ValueError(f"reveal request for frames {frames[:3]}... after their status")
             _, _, _, order = batch.plan.layout()
             step = batch.plan.reveal_step
             start = batch.revealed[idx]
@@ -208,6 +229,8 @@ class ReconcilerAlice(_Side):
                 }
             ]
         if kind == "ldpc_status":
+            if batch.decoded.size:
+                raise ValueError(f"second ldpc_status for frames {frames[:3]}...")
             decoded = np.asarray(msg["decoded"], dtype=bool)
             if decoded.size != len(frames):
                 raise ValueError("ldpc_status has the wrong number of flags")
@@ -251,6 +274,7 @@ class ReconcilerBob(_Side):
         self.verifier: VerifierBob | None = None
         self.bits: np.ndarray | None = None
         self._dec: dict[int, BatchDecoder] = {}  # live decoder state per unresolved batch
+        self._asked: dict[int, tuple[int, tuple[int, ...]]] = {}  # open reveal request per batch
 
     def start(self, bits: np.ndarray, frame_key_bits: int | None = None) -> None:
         """Keep Bob's bits; frames are cut by the plan in Alice's syndrome messages.
@@ -264,8 +288,7 @@ class ReconcilerBob(_Side):
             self.n_frames = bits.size // frame_key_bits
             self.remainder = bits[self.n_frames * frame_key_bits :].copy()
 
-    def handle(self, msg: Message) -> list[Message]:
-        """React to Alice's message; returns the messages to send back."""
+    def _handle(self, msg: Message) -> list[Message]:
         if self.bits is None:
             raise ValueError("ReconcilerBob.start(bits) was not called")
         kind = msg.get("type")
@@ -276,17 +299,24 @@ class ReconcilerBob(_Side):
         idx = np.array([batch.ids.index(f) for f in frames], dtype=np.int64)
         if kind == "ldpc_reveal":
             _, _, _, order = batch.plan.layout()
-            values = np.asarray(msg["values"], dtype=np.uint8)
+            values = np.asarray(msg["values"])
             step = batch.plan.reveal_step
-            if values.shape != (len(frames), step):
-                raise ValueError("ldpc_reveal values have the wrong shape")
-            dec = self._dec[batch.ids[0]]
+            if values.dtype != np.uint8 or values.shape != (len(frames), step) or values.max() > 1:
+                raise ValueError("ldpc_reveal values have the wrong shape or are not bits")
+            dec = self._dec.get(batch.ids[0])
+            asked = self._asked.get(batch.ids[0])
+            if dec is None or asked != (int(msg["round"]), tuple(frames)):
+                raise ValueError(f"ldpc_reveal for frames {frames[:3]}... that did not ask for it")
+            del self._asked[batch.ids[0]]
             for i, v in zip(idx, values, strict=True):
                 pos = order[batch.revealed[i] : batch.revealed[i] + step]
                 dec.set_llr(int(i), pos, SHORTENED_LLR * (1.0 - 2.0 * v.astype(np.float32)))
                 batch.revealed[i] += step
             return self._decode(batch, idx, int(msg["round"]))
         if kind == "verify_tags":
+            self._unresolved(frames)
+            if batch.ids[0] in self._dec or not batch.decoded[idx].all():
+                raise ValueError(f"verify_tags for frames {frames[:3]}... Bob did not decode")
             _, _, key_pos, _ = batch.plan.layout()
             keys = [batch.words[i, key_pos] for i in idx]
             if self.verifier is None:  # eps_cor is block-wide: each frame gets eps_cor / frames
@@ -341,11 +371,13 @@ class ReconcilerBob(_Side):
         batch.decoded[idx] = ok
         retry = idx[~ok]
         if retry.size and round_ < batch.plan.max_reveals:
+            frames = [batch.ids[i] for i in retry]
+            self._asked[first] = (round_ + 1, tuple(frames))
             return [
                 {
                     "type": "ldpc_reveal_request",
                     "block": self.block,
-                    "frames": [batch.ids[i] for i in retry],
+                    "frames": frames,
                     "round": round_ + 1,
                 }
             ]

@@ -153,3 +153,38 @@ def test_malformed_or_foreign_messages_raise_value_error():
     with pytest.raises(ValueError):
         alice.handle({"type": "nonsense", "block": 1, "frames": [0]})
     assert replies[0]["type"] in ("ldpc_status", "ldpc_reveal_request")
+    with pytest.raises(ValueError):  # a required field is missing
+        alice.handle({"type": "ldpc_reveal_request", "block": 1, "frames": [0]})
+    with pytest.raises(ValueError):  # Bob has not decoded frame 0 yet / never will from this
+        bob.handle({"type": "verify_tags", "block": 1, "frames": [0],
+                    "points": np.ones((1, 1), np.uint64), "tags": np.ones((1, 1), np.uint64)})  # fmt: skip
+    if replies[0]["type"] == "ldpc_reveal_request":
+        (reveal,) = alice.handle(replies[0])
+        with pytest.raises(ValueError):
+            bob.handle({**reveal, "values": reveal["values"] * 2})  # not bits
+        bob.handle(reveal)
+        with pytest.raises(ValueError):
+            bob.handle(reveal)  # replay of a reveal already applied
+
+
+def test_full_exchange_rejects_replays():
+    q = 0.03
+    alice = ReconcilerAlice(2, q, f_target=1.2, rng=np.random.default_rng(4))
+    bob = ReconcilerBob(2)
+    a, b = noisy_pair(alice.plan.key_bits, q, seed=3)
+    bob.start(b, alice.plan.key_bits)
+    (syn,) = alice.start(a)
+    (status,) = bob.handle(syn)
+    assert status["type"] == "ldpc_status" and list(status["decoded"]) == [1]
+    (tags,) = alice.handle(status)
+    with pytest.raises(ValueError):
+        alice.handle(status)
+    (verdict,) = bob.handle(tags)
+    with pytest.raises(ValueError):
+        bob.handle(tags)
+    assert alice.handle(verdict) == []
+    with pytest.raises(ValueError):
+        alice.handle(verdict)
+    assert alice.done and bob.done
+    np.testing.assert_array_equal(alice.result().key, bob.result().key)
+    assert bob.result().verification_bits == alice.result().verification_bits == 62
