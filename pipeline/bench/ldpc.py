@@ -8,7 +8,7 @@ by reconciliation counted (syndrome - punctured + revealed; the verification tag
 sifted key bits of the block / wall time.
 
 Peer rows: ``ldpc.BpDecoder`` (product-sum ``ldpc-ps`` and min-sum ``ldpc-ms`` scaled 0.8,
-flooding, 100 iterations, one thread: the package has no OpenMP in its BP) on the same mother
+flooding, 100 iterations (30 when quick), one thread: the package has no OpenMP in its BP) on the same mother
 code and the first frames of the same block, with the leak qnode ended at (its measured f, as one
 fixed plan without blind rounds: punctured bits as erasures, shortened bits known). Their ``fer``
 says whether they decode at qnode's efficiency; ``ratio`` compares ``mbps``.
@@ -64,7 +64,7 @@ def _qnode_row(q: float, frames: int) -> tuple[dict[str, Any], np.ndarray, np.nd
 
 
 def _peer_rows(
-    q: float, a: np.ndarray, b: np.ndarray, frames: int, qnode_row: dict[str, Any]
+    q: float, a: np.ndarray, b: np.ndarray, frames: int, qnode_row: dict[str, Any], max_iter: int
 ) -> list[dict[str, Any]]:
     try:
         from ldpc import BpDecoder
@@ -86,7 +86,7 @@ def _peer_rows(
     rows = []
     for impl, method in (("ldpc-ps", "product_sum"), ("ldpc-ms", "minimum_sum")):
         kw = {"ms_scaling_factor": 0.8} if method == "minimum_sum" else {}
-        dec = BpDecoder(h_csr, error_channel=list(probs), max_iter=100, bp_method=method, **kw)
+        dec = BpDecoder(h_csr, error_channel=list(probs), max_iter=max_iter, bp_method=method, **kw)
         ok = 0
         elapsed = 0.0
         for i in range(frames):
@@ -110,7 +110,8 @@ def _peer_rows(
                 "f": round(plan.leaked(0) / (k * binary_entropy(q)), 4),
                 "fer": round(1 - ok / frames, 4),
                 "mbps": round(frames * k / elapsed / 1e6, 3),
-                "note": f"{frames} frame(s), 1 thread, fixed plan at qnode's f",
+                "note": f"{frames} frame(s), {max_iter} iterations max, 1 thread, fixed plan "
+                "at qnode's f",
             }
         )
     return rows
@@ -121,8 +122,9 @@ def perf_rows(quick: bool = False, stages: list[str] | None = None) -> list[dict
     if stages and STAGE not in stages:
         return []
     frames = 4 if quick else 32
-    peer_frames = 1 if quick else 2
-    peer_qbers = (0.02,) if quick else QBERS  # the peers take seconds per frame
+    # the peers take 10-40 s per failing frame here: one frame each, fewer iterations when quick
+    peer_frames, peer_iter = 1, (30 if quick else 100)
+    peer_qbers = (0.02,) if quick else QBERS
     warm_a, warm_b, _ = _block(0.03, 1, seed=0)
     reconcile_loopback(warm_a, warm_b, 0.03)  # compile the kernels outside every timer
     rows: list[dict[str, Any]] = []
@@ -130,5 +132,5 @@ def perf_rows(quick: bool = False, stages: list[str] | None = None) -> list[dict
         row, a, b = _qnode_row(q, frames)
         rows.append(row)
         if q in peer_qbers and row["f"]:
-            rows.extend(_peer_rows(q, a, b, peer_frames, row))
+            rows.extend(_peer_rows(q, a, b, peer_frames, row, peer_iter))
     return rows
