@@ -14,8 +14,12 @@ The model (and ``sim_hw.physics``, which samples it):
   detector with probability ``misalignment``; in the other basis 50/50. Poisson splitting makes
   the two detectors independent: detector ``d`` clicks with ``1 - (1 - n_d) exp(-mu eta_ch f_d
   eta_d)`` where ``n_d`` is its noise (dark count + Raman) probability per gate.
+* Raman noise (``classical_power_dbm`` set): generated along the fibre, so ``extra_loss_db`` (the
+  attenuator) does not scale it; with the light off (source off / shutter) only dark counts remain.
 * Afterpulses (first order, as Lim et al. 2014: an afterpulse spawns none): probability
-  ``afterpulse_prob`` per click, on the same detector, in a slot uniformly 1..W after its dead time.
+  ``afterpulse_prob`` per click, on the same detector, in a slot uniformly 1..W after its dead
+  time (W = ``afterpulse_window_ns`` in slots). Their slot's class is independent of the parent's,
+  so they add the same rate to every class (Lim's ``R_k = D_k(1+p_ap)`` ties them to class k).
 * Dead time: non-paralysable per detector (Lim's and GYS's models have none; see
   ``expected_stats(dead_time=True)`` for the renewal correction R/(1 + R tau)).
 * Double click in one basis: random bit (Lim et al. 2014).
