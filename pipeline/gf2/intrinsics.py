@@ -194,21 +194,20 @@ def _rows_codegen(lanes):
             builder.store(builder.xor(builder.load(acc_even), p_even), acc_even)
             builder.store(builder.xor(builder.load(acc_odd), p_odd), acc_odd)
         even, odd = builder.load(acc_even), builder.load(acc_odd)
-        # Interleave 128-bit lanes: row 2l is even lane l, row 2l + 1 is odd lane l.
-        for half in range(lanes // 4 if lanes > 2 else 1):
-            if lanes == 2:
-                builder.store(even, builder.bitcast(po, vec.as_pointer()), align=8)
-                builder.store(
-                    odd,
-                    builder.bitcast(builder.gep(po, [ir.Constant(i64, 2)]), vec.as_pointer()),
-                    align=8,
-                )
-                break
-            idx = []
-            for lane in (2 * half, 2 * half + 1):
-                idx += [2 * lane, 2 * lane + 1, lanes + 2 * lane, lanes + 2 * lane + 1]
-            part = builder.shuffle_vector(even, odd, ir.Constant(ir.VectorType(i32, lanes), idx))
-            dst = builder.gep(po, [ir.Constant(i64, half * lanes)])
+        # Interleave 128-bit lanes: row 2l is even lane l, row 2l + 1 is odd lane l; with one
+        # lane (128-bit) that is simply even then odd.
+        if lanes == 2:
+            parts = [even, odd]
+        else:
+            parts = []
+            for half in range(lanes // 4):
+                idx = []
+                for lane in (2 * half, 2 * half + 1):
+                    idx += [2 * lane, 2 * lane + 1, lanes + 2 * lane, lanes + 2 * lane + 1]
+                mask = ir.Constant(ir.VectorType(i32, lanes), idx)
+                parts.append(builder.shuffle_vector(even, odd, mask))
+        for k, part in enumerate(parts):
+            dst = builder.gep(po, [ir.Constant(i64, k * lanes)])
             builder.store(part, builder.bitcast(dst, vec.as_pointer()), align=8)
         return context.get_dummy_value()
 
