@@ -116,8 +116,8 @@ def perf_rows(quick: bool = False, stages: list[str] | None = None) -> list[dict
     if stages and STAGE not in stages:
         return []
     if quick:
-        return _rows_for(100_000, reps=3, peer_reps=1)
-    return _rows_for(1_000_000, reps=5, peer_reps=2) + _rows_for(10_000_000, reps=3, peer_reps=1)
+        return _rows_for(100_000, reps=5, peer_reps=1)
+    return _rows_for(1_000_000, reps=5, peer_reps=2) + _rows_for(10_000_000, reps=5, peer_reps=1)
 
 
 if __name__ == "__main__":
