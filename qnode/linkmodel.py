@@ -436,7 +436,8 @@ def expected_stats(
     for k, name in enumerate(CLASSES):
         gain = sifted = errors = 0.0
         for w, ab, x, c in per_class[k]:
-            o = [min(1.0, alive[d] * c[d] + ap_rate[d]) for d in range(4)]
+            # A primary click and an afterpulse in the same slot are one click (union).
+            o = [1.0 - (1.0 - alive[d] * c[d]) * (1.0 - ap_rate[d]) for d in range(4)]
             g, s, e = _pattern_sums(o, ab, x)
             gain += w * g
             sifted += w * s
