@@ -25,7 +25,7 @@ import numpy as np
 from pipeline.amplification import PrivacyAmplificationAlice, PrivacyAmplificationBob
 from pipeline.blocks import BlockInput, BlockSide, Message
 from pipeline.estimation import BlockCounts, DecoySettings, binary_entropy, key_length
-from pipeline.ldpc.rate import plan_frame
+from pipeline.ldpc.rate import FramePlan, plan_frame
 from pipeline.reconciliation import ReconcilerAlice, ReconcilerBob
 
 SOURCE_KEYS = ("mu_signal", "mu_decoy", "mu_vacuum", "p_signal", "p_decoy", "p_vacuum")
@@ -155,6 +155,7 @@ class BobBlock(_Common):
         self.rec = ReconcilerBob(self.data.block, eps_cor=self.data.eps_cor)
         self.rec.start(self.data.key_bits)
         self._reported = False
+        self._frame_bits = 0
         self.qber_x = 0.5
         return []
 
@@ -177,6 +178,8 @@ class BobBlock(_Common):
             self._meta = _meta(self.data, int(final.size), self.qber_x, self.figures)
             self.finished = True
             return []
+        if kind == "ldpc_syndrome" and isinstance(msg.get("plan"), dict):
+            self._frame_bits = FramePlan.from_wire(msg["plan"]).key_bits
         out = self.rec.handle(msg)
         if self.rec.done and not self._reported:
             self._reported = True
@@ -187,18 +190,14 @@ class BobBlock(_Common):
         return out
 
     def _qber_x(self, res: Any) -> float:
-        """Errors corrected in the kept frames / kept bits (Bob's raw bits vs decoded)."""
-        k = None
-        errors = total = 0
-        for f in res.kept_frames:
-            batch = self.rec.batches[self.rec.frame_batch[f]]
-            k = batch.plan.key_bits
-            _, _, key_pos, _ = batch.plan.layout()
-            decoded = batch.words[batch.ids.index(f), key_pos]
-            raw = self.data.key_bits[f * k : (f + 1) * k]
-            errors += int(np.count_nonzero(decoded != raw))
-            total += k
-        return errors / total if total else 0.5
+        """Errors corrected in the kept frames / kept bits: Bob's raw bits against his corrected
+        ones (frame ``f`` carries raw bits ``[f k, (f + 1) k)``, the reconciler's layout)."""
+        k = self._frame_bits
+        if not res.kept_frames or not k:
+            return 0.5
+        corrected = res.key.reshape(len(res.kept_frames), k)
+        raw = np.stack([self.data.key_bits[f * k : (f + 1) * k] for f in res.kept_frames])
+        return float(np.count_nonzero(corrected != raw) / corrected.size)
 
 
 def _meta(data: BlockInput, secret: int, qber_x: float, figures: dict[str, Any]) -> dict:

@@ -587,8 +587,8 @@ class PostProcess:
             t0 = time.monotonic()
             warm_up()
             log.info("block stages warmed up in %.1f s", time.monotonic() - t0)
-        except ImportError as exc:
-            log.warning("block stages not available: %s", exc)
+        except Exception as exc:  # noqa: BLE001 - a failed warm-up only costs time later
+            log.warning("block stages could not be warmed up: %s: %s", type(exc).__name__, exc)
         self._started = time.monotonic()
         while self.running:
             poller = zmq.Poller()

@@ -18,7 +18,8 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -55,9 +56,11 @@ class LinkOptions:
     auth: str = "hmac"
     workdir: Path | None = None
     start_timeout_s: float = 90.0
-    # HOOK for the controller engineer: a controller config per role ("alice", "bob"); each
-    # node then starts `qnode controller --config FILE` (qnode.node.controller_process).
-    controller_configs: dict[str, Path] = field(default_factory=dict)
+    # HOOK for the controller: ``controller_hook(endpoints, workdir) -> {role: CONFIG}`` is
+    # called once the nodes' endpoints are fixed (``endpoints[role]`` has "telemetry",
+    # "snapshot", "command", "keystore"); each node whose role it returns then starts
+    # `qnode controller --config CONFIG` as its third process (qnode.node.controller_process).
+    controller_hook: Callable[[dict[str, dict[str, str]], Path], dict[str, Path]] | None = None
     channel_port: int = 0  # Alice's channel port (0: any free port)
     bob_connect: str | None = None  # Bob's channel endpoint if not Alice's (a test proxy)
 
@@ -147,6 +150,22 @@ def write_configs(
     }  # fmt: skip
     paths = {}
     port = opts.channel_port or free_port()
+
+    # Fixed ports only when a controller must be told them in advance; otherwise the nodes bind
+    # any free port and report it in their ready files (no race with other programs).
+    def _ep() -> str:
+        return f"tcp://127.0.0.1:{free_port() if opts.controller_hook else 0}"
+
+    endpoints = {
+        role: {
+            "telemetry": _ep(),
+            "snapshot": _ep(),
+            "command": _ep(),
+            "keystore": str(workdir / f"{role}-keys.db"),
+        }  # fmt: skip
+        for role in ("alice", "bob")
+    }
+    controllers = opts.controller_hook(endpoints, workdir) if opts.controller_hook else {}
     for role in ("alice", "bob"):
         bench = workdir / f"bench-{role}.toml"
         bench.write_text(_toml(benches[role]))
@@ -162,13 +181,18 @@ def write_configs(
             "bench": str(bench),
             "peer": peer,
             "keystore": {"path": str(workdir / f"{role}-keys.db")},
+            "telemetry": {
+                "endpoint": endpoints[role]["telemetry"],
+                "snapshot": endpoints[role]["snapshot"],
+            },
+            "command": {"endpoint": endpoints[role]["command"]},
             "pipeline": {
                 "block_bits": opts.block_bits,
                 "frame_slots": opts.frame_slots or auto_frame_slots(params),
             },
         }
-        if role in opts.controller_configs:
-            node["controller"] = str(opts.controller_configs[role])
+        if role in controllers:
+            node["controller"] = str(controllers[role])
         paths[role] = (workdir / f"{role}.toml", node)
     return paths  # written by the caller once Alice's channel endpoint is known
 
