@@ -19,7 +19,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -56,10 +56,13 @@ class LinkOptions:
     auth: str = "hmac"
     workdir: Path | None = None
     start_timeout_s: float = 90.0
-    # HOOK for the controller: ``controller_hook(endpoints, workdir) -> {role: CONFIG}`` is
-    # called once the nodes' endpoints are fixed (``endpoints[role]`` has "telemetry",
-    # "snapshot", "command", "keystore"); each node whose role it returns then starts
-    # `qnode controller --config CONFIG` as its third process (qnode.node.controller_process).
+    # HOOK for the controller: a CONTROLLER.toml per role ("alice", "bob"), e.g. written by
+    # controller.link_setup.attach_controllers; each such node then starts
+    # `qnode controller --config CONFIG` as its third process (qnode.node.controller_process,
+    # which passes the node's telemetry, hub and command endpoints on the command line).
+    controller_configs: dict[str, Path] = field(default_factory=dict)
+    # Or a function called once the nodes' endpoints are fixed (``endpoints[role]``:
+    # "telemetry", "snapshot", "command", "keystore") returning such configs.
     controller_hook: Callable[[dict[str, dict[str, str]], Path], dict[str, Path]] | None = None
     channel_port: int = 0  # Alice's channel port (0: any free port)
     bob_connect: str | None = None  # Bob's channel endpoint if not Alice's (a test proxy)
@@ -165,7 +168,9 @@ def write_configs(
         }  # fmt: skip
         for role in ("alice", "bob")
     }
-    controllers = opts.controller_hook(endpoints, workdir) if opts.controller_hook else {}
+    controllers = dict(opts.controller_configs)
+    if opts.controller_hook:
+        controllers.update(opts.controller_hook(endpoints, workdir))
     for role in ("alice", "bob"):
         bench = workdir / f"bench-{role}.toml"
         bench.write_text(_toml(benches[role]))

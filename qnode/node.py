@@ -73,22 +73,23 @@ class ChildProcess:
             self.proc.wait()
 
 
-def controller_process(cfg: NodeConfig, ready: dict[str, str]) -> ChildProcess | None:
+def controller_process(cfg: NodeConfig, ready: dict[str, Any]) -> ChildProcess | None:
     """HOOK for the controller: the node controller process, if the node config names one.
 
-    ``qnode link`` and ``qnode node`` start controllers only through this function, so the
-    controller's command line lives in one place. ``ready`` holds this node's endpoints
-    (telemetry, snapshot, command, keystore) for it to attach to.
+    ``qnode node`` (and so ``qnode link``) starts controllers only through this function, so
+    the controller's command line lives in one place. The controller learns this node's
+    endpoints from it: the hub's public endpoint (``--node-telemetry``), the command socket
+    (``--node-command``) and the hub's internal endpoint to publish its alarms into (``--hub``);
+    it writes its own endpoints to ``<keystore>.controller.ready``.
     """
     if cfg.controller is None:
         return None
-    # The controller attaches to the endpoints this node bound (its config cannot know them)
-    # and writes its own endpoints (KMS URL, control) next to the key store.
-    controller_ready = cfg.keystore.path.with_suffix(".controller.ready")
-    controller_ready.unlink(missing_ok=True)
-    argv = [*_python(), "qnode", "controller", "--config", str(cfg.controller),
-            "--node-telemetry", ready["telemetry"], "--node-command", ready["command"],
-            "--hub", cfg.internal_endpoint(), "--ready-file", str(controller_ready)]  # fmt: skip
+    argv = [
+        *_python(), "qnode", "controller", "--config", str(cfg.controller),
+        "--ready-file", str(cfg.keystore.path.with_suffix(".controller.ready")),
+        "--node-telemetry", ready["telemetry"], "--node-command", ready["command"],
+        "--hub", ready["internal"],
+    ]  # fmt: skip
     return ChildProcess("controller", argv, _log_path(cfg, "controller"))
 
 
@@ -117,6 +118,7 @@ class NodeSupervisor:
             "telemetry": self.hub.public,
             "snapshot": self.hub.snapshot,
             "command": self.command.last_endpoint.decode(),
+            "internal": self.hub.internal,
             "keystore": str(cfg.keystore.path),
             "pid": os.getpid(),
         }

@@ -163,8 +163,20 @@ def link_command(
         console.print(f"qnode link: {exc}")
         raise typer.Exit(2) from None
     result: dict[str, Any] | None = None
+    if ready_file is not None and pki is None:
+        console.print("qnode link: --ready-file needs --pki (the controllers write it)")
+        raise typer.Exit(2)
     try:
+        if pki is not None:
+            # the controllers (controller/link_setup.py) start through the node's hook
+            from controller.link_setup import attach_controllers
+
+            attach_controllers(link, pki)
         link.start(on_progress=lambda text: console.print(f"[dim]{text}[/dim]"))
+        if pki is not None and ready_file is not None:
+            from controller.link_setup import write_ready
+
+            write_ready(link, ready_file)
         if ready_file is not None:
             write_ready(link, ready_file)
             console.print(f"[dim]ready file: {ready_file}[/dim]")
