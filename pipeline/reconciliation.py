@@ -24,11 +24,12 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .channel import Message, loopback_pair
+from .ldpc.construct import DEFAULT_FRAME_LENGTH
 from .ldpc.decoder import SHORTENED_LLR, BatchDecoder, channel_llr
 from .ldpc.rate import DEFAULT_F_TARGET, DEFAULT_MAX_REVEALS, FramePlan, plan_frame
 from .verification import DEFAULT_EPS_COR, VerifierAlice, VerifierBob
 
-DEFAULT_BATCH_FRAMES = 16
+BATCH_BYTES = 64 << 20  # decoder state Bob may hold per batch
 FIRST_ROUND_ITER = 100
 REVEAL_ROUND_ITER = 60  # after a reveal the decoder resumes from its state, so fewer suffice
 STALL_ITERS = 10  # a frame with no new minimum of unsatisfied checks for this long is stuck
@@ -159,12 +160,17 @@ class ReconcilerAlice(_Side):
         f_target: float = DEFAULT_F_TARGET,
         max_reveals: int = DEFAULT_MAX_REVEALS,
         eps_cor: float = DEFAULT_EPS_COR,
-        batch_frames: int = DEFAULT_BATCH_FRAMES,
+        batch_frames: int | None = None,
+        frame_length: int = DEFAULT_FRAME_LENGTH,
         rng: np.random.Generator | None = None,
     ) -> None:
         super().__init__(block, eps_cor)
         self.qber = check_qber(qber_estimate)
-        self.plan = plan_frame(self.qber, f_target, max_reveals=max_reveals)
+        self.plan = plan_frame(
+            self.qber, f_target, max_reveals=max_reveals, frame_length=frame_length
+        )
+        if batch_frames is None:  # Bob keeps ~4 bytes per edge per frame of a batch
+            batch_frames = min(max(2, BATCH_BYTES // (4 * self.plan.code.n_edges)), 16)
         self.batch_frames = max(1, int(batch_frames))
         self.rng = rng if rng is not None else np.random.default_rng()
         self.verifier: VerifierAlice | None = None
@@ -422,7 +428,8 @@ def reconcile_loopback(
     f_target: float = DEFAULT_F_TARGET,
     max_reveals: int = DEFAULT_MAX_REVEALS,
     eps_cor: float = DEFAULT_EPS_COR,
-    batch_frames: int = DEFAULT_BATCH_FRAMES,
+    batch_frames: int | None = None,
+    frame_length: int = DEFAULT_FRAME_LENGTH,
 ) -> ReconciliationResult:
     """Reconcile one block with Alice's and Bob's objects talking through a loopback channel.
 
@@ -446,6 +453,7 @@ def reconcile_loopback(
         max_reveals=max_reveals,
         eps_cor=eps_cor,
         batch_frames=batch_frames,
+        frame_length=frame_length,
         rng=np.random.default_rng(seed),
     )
     bob = ReconcilerBob(0, eps_cor=eps_cor)

@@ -9,11 +9,12 @@ variable ``j*Z + (k + s) % Z``. Construction (run once, results stored in ``data
 2. degree-2 columns laid as a dual-diagonal chain (no cycles among degree-2 nodes, the
    low-error-floor "zig-zag" arrangement), the rest placed by progressive edge growth (PEG, Hu,
    Eleftheriou, Arnold 2005) on the base graph, highest remaining check capacity first;
-3. circulant shifts chosen greedily so that the lifted graph has no 4-cycles (and as few
-   6-cycles through the new edge as the candidates allow).
+3. circulant shifts chosen greedily so that the lifted graph has no 4-cycles (or, where the
+   circulant is too small for that, as few as possible) and as few 6-cycles as possible.
 
 Everything is driven by ``numpy.random.default_rng(seed)`` so ``build_code`` regenerates a stored
-code bit for bit. Run ``python -m pipeline.ldpc.construct`` to rebuild the stored family.
+code bit for bit. ``python -m pipeline.ldpc.construct [--rebuild]`` builds the missing (all)
+codes of the stored family.
 """
 
 from __future__ import annotations
@@ -28,19 +29,26 @@ from .distributions import DISTRIBUTIONS, DegreeDistribution
 
 DATA_DIR = Path(__file__).with_name("data")
 
-# The stored family: (code name, distribution, n_b, Z, seed). n = n_b * Z.
+# The stored family: (code name, distribution, n_b, Z, seed), n = n_b * Z. One rate ladder per
+# frame length; R 0.9 needs 512 base columns (its degree-35 columns need >= 35 base rows).
+_LADDER = [
+    ("qcb_r0.90", "blindvar_r0.90", 512),
+    ("qcb_r0.85", "blindvar_r0.85", 256),
+    ("qc_r0.80", "blind_r0.8", 256),
+    ("qc_r0.75", "elkouss_r0.75", 256),
+    ("qc_r0.70", "blind_r0.7", 256),
+    ("qc_r0.65", "elkouss_r0.65", 256),
+    ("qc_r0.60", "blind_r0.6", 256),
+    ("qc_r0.55", "elkouss_r0.55", 256),
+    ("qc_r0.50", "blind_r0.5", 256),
+]
+FRAME_LENGTHS = (16384, 131072, 1048576)
+DEFAULT_FRAME_LENGTH = 131072
 FAMILY: list[tuple[str, str, int, int, int]] = [
-    ("qc_r0.90_n131072", "elkouss_r0.90", 256, 512, 1),
-    ("qc_r0.85_n131072", "elkouss_r0.85", 256, 512, 1),
-    ("qcb_r0.90_n131072", "blindvar_r0.90", 512, 256, 1),
-    ("qcb_r0.85_n131072", "blindvar_r0.85", 256, 512, 1),
-    ("qc_r0.80_n131072", "blind_r0.8", 256, 512, 1),
-    ("qc_r0.75_n131072", "elkouss_r0.75", 256, 512, 1),
-    ("qc_r0.70_n131072", "blind_r0.7", 256, 512, 1),
-    ("qc_r0.65_n131072", "elkouss_r0.65", 256, 512, 1),
-    ("qc_r0.60_n131072", "blind_r0.6", 256, 512, 1),
-    ("qc_r0.55_n131072", "elkouss_r0.55", 256, 512, 1),
-    ("qc_r0.50_n131072", "blind_r0.5", 256, 512, 1),
+    (f"{tag}_n{n}", dist, n_b, n // n_b, 1)
+    for n in FRAME_LENGTHS
+    for tag, dist, n_b in _LADDER
+    if n // n_b >= 64
 ]
 
 
@@ -116,14 +124,12 @@ def _peg_candidates(base: np.ndarray, v: int) -> np.ndarray:
 
 
 def lift_shifts(base: np.ndarray, z: int, rng: np.random.Generator) -> np.ndarray:
-    """Circulant shifts for a 0/1 base matrix: no 4-cycles, fewest 6-cycles (greedy, seeded)."""
+    """Circulant shifts for a 0/1 base matrix, greedy and seeded: fewest 4-cycles (none when Z
+    allows, as for every n >= 2^17 code), then fewest 6-cycles."""
     # ties between equally good shifts are broken by a seeded affine permutation per edge
     mul = 2 * rng.integers(0, z // 2, size=base.shape) + 1
     add = rng.integers(0, z, size=base.shape)
-    shifts = _lift(base.astype(np.int64), z, mul, add)
-    if shifts.min() < -1:
-        raise ValueError("no 4-cycle-free circulant shift exists; use a larger Z")
-    return shifts
+    return _lift(base.astype(np.int64), z, mul, add)
 
 
 @njit(cache=True)
@@ -134,7 +140,7 @@ def _lift(base: np.ndarray, z: int, mul: np.ndarray, add: np.ndarray) -> np.ndar
         for r in range(m_b):
             if base[r, j] == 0:
                 continue
-            bad4 = np.zeros(z, dtype=np.bool_)
+            bad4 = np.zeros(z, dtype=np.int64)
             six = np.zeros(z, dtype=np.int64)
             for r1 in range(m_b):
                 if r1 == r or sh[r1, j] < 0:
@@ -144,7 +150,7 @@ def _lift(base: np.ndarray, z: int, mul: np.ndarray, add: np.ndarray) -> np.ndar
                         continue
                     # 4-cycle r-j-r1-j1: s(r,j) = s(r1,j) - s(r1,j1) + s(r,j1)
                     if sh[r, j1] >= 0:
-                        bad4[(sh[r1, j] - sh[r1, j1] + sh[r, j1]) % z] = True
+                        bad4[(sh[r1, j] - sh[r1, j1] + sh[r, j1]) % z] += 1
                     base_val = sh[r1, j] - sh[r1, j1]
                     for r2 in range(m_b):
                         if r2 == r1 or r2 == r or sh[r2, j1] < 0:
@@ -154,18 +160,15 @@ def _lift(base: np.ndarray, z: int, mul: np.ndarray, add: np.ndarray) -> np.ndar
                                 continue
                             # 6-cycle r-j-r1-j1-r2-j2-r
                             six[(base_val + sh[r2, j1] - sh[r2, j2] + sh[r, j2]) % z] += 1
-            best = -2
-            best_score = 1e18
+            best = 0
+            best_score = 1e300
             for s in range(z):
-                if bad4[s]:
-                    continue
-                score = six[s] + ((s * mul[r, j] + add[r, j]) % z) / z
+                # 4-cycles dominate (1e9 each), then 6-cycles, then the seeded tie-break
+                score = bad4[s] * 1e9 + six[s] + ((s * mul[r, j] + add[r, j]) % z) / z
                 if score < best_score:
                     best_score = score
                     best = s
             sh[r, j] = best
-            if best < 0:
-                return sh - 1
     return sh
 
 
@@ -186,15 +189,20 @@ def build_code(name: str) -> dict[str, np.ndarray | str | int]:
     }
 
 
-def main() -> None:
-    """Rebuild and store every code of the family (slow: run once, commit the .npz files)."""
+def main(rebuild: bool = False) -> None:
+    """Build and store the family's codes (all of them with ``rebuild``, else the missing ones)."""
     DATA_DIR.mkdir(exist_ok=True)
     for name, *_ in FAMILY:
+        path = DATA_DIR / f"{name}.npz"
+        if path.exists() and not rebuild:
+            continue
         code = build_code(name)
-        np.savez_compressed(DATA_DIR / f"{name}.npz", **code)
+        np.savez_compressed(path, **code)
         sh = code["shifts"]
         print(name, "base", sh.shape, "edges", int((sh >= 0).sum()), flush=True)
 
 
 if __name__ == "__main__":
-    main()
+    import sys
+
+    main(rebuild="--rebuild" in sys.argv)

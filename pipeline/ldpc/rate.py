@@ -19,19 +19,18 @@ from functools import cache
 import numpy as np
 
 from .codes import QCCode, load_code
+from .construct import DEFAULT_FRAME_LENGTH, FAMILY, FRAME_LENGTHS
 
-# Stored mother codes, highest rate first; the planner tries them all.
-FAMILY_CODES = (
-    "qcb_r0.90_n131072",
-    "qcb_r0.85_n131072",
-    "qc_r0.80_n131072",
-    "qc_r0.75_n131072",
-    "qc_r0.70_n131072",
-    "qc_r0.65_n131072",
-    "qc_r0.60_n131072",
-    "qc_r0.55_n131072",
-    "qc_r0.50_n131072",
-)
+
+def family_codes(frame_length: int = DEFAULT_FRAME_LENGTH) -> tuple[str, ...]:
+    """Stored mother codes of one frame length, highest rate first."""
+    names = tuple(name for name, _d, n_b, z, _s in FAMILY if n_b * z == frame_length)
+    if not names:
+        raise ValueError(f"no stored codes of length {frame_length}; have {FRAME_LENGTHS}")
+    return names
+
+
+FAMILY_CODES = family_codes(DEFAULT_FRAME_LENGTH)
 MAX_PUNCTURED = 0.10  # fraction of n; more puncturing makes BP lose too much (Elkouss 2010)
 MAX_SHORTENED = 0.6  # fraction of n; beyond this the frame carries too little key
 MIN_QBER = 0.005  # below this the plan is made as if Q = 0.5 % (h(Q) -> 0 would ask for R -> 1)
@@ -40,7 +39,9 @@ DEFAULT_REVEAL_F_STEP = 0.02
 DEFAULT_MAX_REVEALS = 4
 # Lowest starting efficiency worth trying per code (measured with the SPA decoder at n = 2^17:
 # below it nearly every frame needs every blind round). The R 0.9 code is far from capacity.
-CODE_MIN_F = {"qcb_r0.90_n131072": 1.12}
+CODE_MIN_F = {"qcb_r0.90": 1.12}  # by code name prefix, any length
+# Short frames sit further from the threshold: start higher so that round 0 usually succeeds.
+LENGTH_MIN_F = {16384: 1.14}
 
 
 def binary_entropy(q: float) -> float:
@@ -127,7 +128,8 @@ def plan_frame(
     f_target: float = DEFAULT_F_TARGET,
     reveal_f_step: float = DEFAULT_REVEAL_F_STEP,
     max_reveals: int = DEFAULT_MAX_REVEALS,
-    codes: tuple[str, ...] = FAMILY_CODES,
+    codes: tuple[str, ...] | None = None,
+    frame_length: int = DEFAULT_FRAME_LENGTH,
 ) -> FramePlan:
     """Choose the code and ``(p, s)`` so that ``(m - p) / (k h(Q)) = f_target``.
 
@@ -144,10 +146,11 @@ def plan_frame(
         raise ValueError(f"target efficiency must be >= 1, got {f_target}")
     h = binary_entropy(max(qber_estimate, MIN_QBER))
     best: tuple[float, str, int, int, int] | None = None
-    for name in codes:
+    for name in codes if codes is not None else family_codes(frame_length):
         code = load_code(name)
         n, m = code.n, code.m
-        lam = max(f_target, CODE_MIN_F.get(name, 1.0)) * h  # leaked bits per key bit
+        f_start = max(f_target, CODE_MIN_F.get(name.split("_n")[0], 1.0), LENGTH_MIN_F.get(n, 1.0))
+        lam = f_start * h  # leaked bits per key bit
         if lam >= 1.0:
             continue
         # the reveal step is a fixed efficiency increment on a nominal full frame

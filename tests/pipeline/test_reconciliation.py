@@ -107,6 +107,20 @@ def test_blind_reveals_rescue_frames_and_are_counted():
     assert ra.leaked_bits == rb.leaked_bits == sum(alice.plan.leaked(int(r)) for r in revealed)
 
 
+@pytest.mark.parametrize("q", [0.03, 0.07])
+def test_short_frames(q):
+    """16384-bit frames: the same protocol on the short code family."""
+    plan = plan_frame(q, frame_length=16384)
+    assert plan.code.n == 16384
+    a, b = noisy_pair(6 * plan.key_bits, q, seed=21)
+    r = reconcile_loopback(a, b, q, frame_length=16384, seed=5)
+    assert r.frames == 6 and r.frames_failed <= 1
+    np.testing.assert_array_equal(r.alice_key, r.bob_key)
+    assert r.leaked_bits / (r.alice_key.size * binary_entropy(q)) < 1.3
+    with pytest.raises(ValueError):
+        reconcile_loopback(a, b, q, frame_length=12345)
+
+
 def test_short_block_is_returned_whole():
     a, b = noisy_pair(5000, 0.03, seed=1)
     r = reconcile_loopback(a, b, 0.03)
