@@ -57,6 +57,19 @@ def _stores_equal(link: Link) -> tuple[dict, dict]:
     return a, b
 
 
+def _inject(control: str, instrument: str, kind: str) -> None:
+    req = zmq.Context.instance().socket(zmq.REQ)
+    req.linger = 0
+    req.connect(control)
+    try:
+        req.send_json({"op": "inject", "instrument": instrument, "kind": kind, "count": 1})
+        assert req.poll(5000), "the world's control endpoint did not answer"
+        reply = req.recv_json()
+        assert reply["ok"], reply
+    finally:
+        req.close()
+
+
 def _postprocess_pid(link: Link, role: str) -> int | None:
     for child in psutil.Process(link.procs[role].pid).children():
         try:
@@ -87,20 +100,25 @@ def test_fault_and_killed_postprocess_recover_with_identical_stores(tmp_path):
         assert raw.poll(5000), "no reply to a malformed command"
         assert unpackb(raw.recv_multipart()[-1])["ok"] is False
         raw.close()
-        # 1. the time tagger drops its connection once
+        # 1. instrument faults (sim_hw fault kinds) on Bob's tagger and Alice's source: each is
+        #    reported on telemetry and the instrument comes back
         world = json.loads((link.workdir / "world.json").read_text())
-        ctx = zmq.Context.instance()
-        req = ctx.socket(zmq.REQ)
-        req.linger = 0
-        req.connect(world["control"])
-        req.send_json({"op": "inject", "instrument": "timetagger", "kind": "drop", "count": 1})
-        assert req.poll(5000) and req.recv_json()["ok"]
-        req.close()
-        topic = "con/resource/bob/instrument/timetagger/"
-        _wait(link, lambda: link.latest["bob"].get(topic, {}).get("faults", 0) >= 1, 30,
-              "the fault on telemetry")  # fmt: skip
-        _wait(link, lambda: link.latest["bob"][topic].get("state") == "running", 30,
-              "the time tagger running again")  # fmt: skip
+        for role, instrument, kind in [
+            ("bob", "timetagger", "drop"),
+            ("bob", "timetagger", "garbage"),
+            ("bob", "timetagger", "stall"),
+            ("alice", "source", "drop"),
+            ("alice", "source", "garbage"),
+        ]:
+            topic = f"con/resource/{role}/instrument/{instrument}/"
+            faults = link.latest[role].get(topic, {}).get("faults", 0)
+            _inject(world["control"], instrument, kind)
+            _wait(link, lambda r=role, t=topic, n=faults: link.latest[r].get(t, {}).get(
+                "faults", 0) > n, 40, f"{instrument} {kind} fault on telemetry")  # fmt: skip
+            _wait(link, lambda r=role, t=topic: link.latest[r][t].get("state") == "running",
+                  40, f"{instrument} running again after {kind}")  # fmt: skip
+        blocks = link.committed_blocks()
+        _wait(link, lambda: link.committed_blocks() > blocks, 90, "a block after the faults")
         # 2. each node's post-processing is killed in the middle of whatever it is doing
         for role in ("bob", "alice"):
             before = link.committed_blocks()
