@@ -23,20 +23,32 @@ def _load(preset: str | None, link: Path | None, distance: float | None):
         raise typer.BadParameter(str(exc)) from None
 
 
+def _pulse_count(text: str) -> int:
+    """``1e8``, ``100000000`` or ``1_000_000``: a whole number of slots >= 1."""
+    try:
+        value = float(text.replace("_", ""))
+    except ValueError:
+        raise typer.BadParameter(f"{text!r} is not a number") from None
+    if not value.is_integer() or not 1 <= value <= 2**62:
+        raise typer.BadParameter(f"{text!r} is not a whole number of slots in [1, 2^62]")
+    return int(value) if "e" in text.lower() or "." in text else int(text.replace("_", ""))
+
+
 @sim_app.command("stats")
 def stats(
     preset: str | None = typer.Option(None, help="Link preset (gys, lim2014, snspd)."),
     link: Path | None = typer.Option(None, help="Link file (TOML)."),
     distance: float | None = typer.Option(None, "--distance", help="Fibre length in km."),
-    pulses: int = typer.Option(..., "--pulses", min=1, help="Number of slots to simulate."),
+    pulses: str = typer.Option(..., "--pulses", help="Number of slots to simulate (1e8 is fine)."),
     seed: int = typer.Option(0, min=0, help="Seed of the photon simulation."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
     """Simulate PULSES slots and count detections, sifted bits and errors per class."""
     from sim_hw.stats import simulate_stats
 
+    n_pulses = _pulse_count(pulses)
     params = _load(preset, link, distance)
-    result = simulate_stats(params, pulses, seed=seed)
+    result = simulate_stats(params, n_pulses, seed=seed)
     result["preset"] = preset
     result["link"] = str(link) if link else None
     if json_out:

@@ -68,3 +68,19 @@ def test_bad_link_file_names_key(app: typer.Typer, tmp_path) -> None:
     result = CliRunner().invoke(app, ["sim", "stats", "--link", str(link), "--pulses", "10"])
     assert result.exit_code == 2
     assert "receiver.efficency" in result.output and "unknown key" in result.output
+
+
+@pytest.mark.parametrize(("text", "slots"), [("1e6", 1_000_000), ("2_000_000", 2_000_000)])
+def test_pulses_in_scientific_notation(app: typer.Typer, text: str, slots: int) -> None:
+    result = CliRunner().invoke(
+        app, ["sim", "stats", "--preset", "gys", "--pulses", text, "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["pulses"] == slots
+
+
+@pytest.mark.parametrize("text", ["1.5", "0", "-1e3", "lots"])
+def test_bad_pulse_count_exits_2(app: typer.Typer, text: str) -> None:
+    result = CliRunner().invoke(app, ["sim", "stats", "--preset", "gys", "--pulses", text])
+    assert result.exit_code == 2
+    assert "--pulses" in result.output or "slots" in result.output or "number" in result.output
