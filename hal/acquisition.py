@@ -38,7 +38,7 @@ from qnode.config import NodeConfig, load_config
 log = logging.getLogger("qnode.acquisition")
 
 EVENT_FIELDS = ("slot", "basis", "bit", "detector", "double")
-FETCH_TAGS = 1 << 20
+FETCH_TAGS = 1 << 22  # per fetch: 2.6 M tags/s at 2^20, 6.5 M tags/s at 2^22 (measured, loaded)
 
 
 def endpoints(cfg: NodeConfig) -> dict[str, str]:
