@@ -6,6 +6,8 @@ import math
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pipeline.channel import loopback_pair
 from pipeline.ldpc.rate import binary_entropy, plan_frame
@@ -202,3 +204,20 @@ def test_full_exchange_rejects_replays():
     assert alice.done and bob.done
     np.testing.assert_array_equal(alice.result().key, bob.result().key)
     assert bob.result().verification_bits == alice.result().verification_bits == 62
+
+
+@settings(max_examples=6, deadline=None)
+@given(q_true=st.floats(0.01, 0.12), ratio=st.floats(0.6, 1.4), seed=st.integers(0, 2**31))
+def test_wrong_qber_estimate_never_yields_different_keys(q_true, ratio, seed):
+    """Whatever the estimate, Alice and Bob emit the same bits, and only Alice's real bits."""
+    q_est = min(0.5, q_true * ratio)
+    plan = plan_frame(q_est, frame_length=16384)
+    a, b = noisy_pair(3 * plan.key_bits, q_true, seed)
+    r = reconcile_loopback(a, b, q_est, frame_length=16384, seed=seed)
+    np.testing.assert_array_equal(r.alice_key, r.bob_key)
+    k = plan.key_bits
+    frames = {a[i * k : (i + 1) * k].tobytes() for i in range(r.frames)}
+    kept = r.frames - r.frames_failed
+    assert r.alice_key.size == kept * k
+    for i in range(kept):
+        assert r.alice_key[i * k : (i + 1) * k].tobytes() in frames
