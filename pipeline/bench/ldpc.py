@@ -5,7 +5,8 @@ Bob's batched decoding on all cores, blind reveal rounds, verification), timed a
 call so compile time is excluded. ``f`` = leaked / (key bits * h(QBER)) with everything disclosed
 by reconciliation counted (syndrome - punctured + revealed; the verification tag is reported in
 ``note`` and counted by the finite-key formula). ``fer`` = frames dropped / frames. ``mbps`` =
-sifted key bits of the block / wall time.
+sifted key bits of the block / wall time. Frames of 2^17 bits (the default); the full run adds
+rows with 2^20-bit frames.
 
 Peer rows: ``ldpc.BpDecoder`` (product-sum ``ldpc-ps`` and min-sum ``ldpc-ms`` scaled 0.8,
 flooding, 100 iterations (30 when quick), one thread: the package has no OpenMP in its BP) on the same mother
@@ -21,15 +22,19 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.ldpc.construct import DEFAULT_FRAME_LENGTH
 from pipeline.ldpc.rate import binary_entropy, plan_frame
 from pipeline.reconciliation import reconcile_loopback
 
 STAGE = "ldpc"
 QBERS = (0.01, 0.02, 0.04, 0.06, 0.08)
+LONG_FRAME = 1 << 20
 
 
-def _block(q: float, frames: int, seed: int) -> tuple[np.ndarray, np.ndarray, int]:
-    plan = plan_frame(q)
+def _block(
+    q: float, frames: int, seed: int, frame_length: int = DEFAULT_FRAME_LENGTH
+) -> tuple[np.ndarray, np.ndarray, int]:
+    plan = plan_frame(q, frame_length=frame_length)
     n = frames * plan.key_bits
     rng = np.random.default_rng(seed)
     a = rng.integers(0, 2, n, dtype=np.uint8)
@@ -37,10 +42,12 @@ def _block(q: float, frames: int, seed: int) -> tuple[np.ndarray, np.ndarray, in
     return a, b, plan.key_bits
 
 
-def _qnode_row(q: float, frames: int) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
-    a, b, _ = _block(q, frames, seed=int(q * 1e5))
+def _qnode_row(
+    q: float, frames: int, frame_length: int = DEFAULT_FRAME_LENGTH
+) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
+    a, b, _ = _block(q, frames, seed=int(q * 1e5), frame_length=frame_length)
     t0 = time.perf_counter()
-    r = reconcile_loopback(a, b, q, seed=1)
+    r = reconcile_loopback(a, b, q, seed=1, frame_length=frame_length)
     dt = time.perf_counter() - t0
     key = r.alice_key.size
     h = binary_entropy(q)
@@ -48,7 +55,7 @@ def _qnode_row(q: float, frames: int) -> tuple[dict[str, Any], np.ndarray, np.nd
         "stage": STAGE,
         "impl": "qnode",
         "qber": q,
-        "n": plan_frame(q).code.n,
+        "n": frame_length,
         "code": r.code,
         "f": round(r.leaked_bits / (key * h), 4) if key else None,
         "fer": round(r.frames_failed / r.frames, 4),
@@ -133,4 +140,7 @@ def perf_rows(quick: bool = False, stages: list[str] | None = None) -> list[dict
         rows.append(row)
         if q in peer_qbers and row["f"]:
             rows.extend(_peer_rows(q, a, b, peer_frames, row, peer_iter))
+    if not quick:  # 2^20-bit frames: closer to the codes' thresholds, same decoder
+        for q in QBERS:
+            rows.append(_qnode_row(q, 8, frame_length=LONG_FRAME)[0])
     return rows
