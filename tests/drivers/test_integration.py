@@ -123,8 +123,17 @@ def _probe(inst):
     return inst.idn
 
 
+# A set that checks errors, per instrument, and the command it sends.
+SET_COMMANDS = {
+    "source": ":OUTP OFF",
+    "attenuator": ":INP:OFFS 0",
+    "timetagger": ":SYNC:PER 1048576",
+    "detector": "COUNTERS:INTEGRATION_TIME 1000",
+}
+
+
 def _setting(inst, kind: str):
-    """A set that checks errors, per instrument."""
+    """A set that checks errors, per instrument (sends ``SET_COMMANDS[kind]``)."""
     if kind == "source":
         inst.output = False
     elif kind == "attenuator":
@@ -135,6 +144,12 @@ def _setting(inst, kind: str):
         inst.integration_time_ms = 1000
 
 
+def _names(exc, kind: str, command: str) -> None:
+    """The named exception carries the device and the command, and says both."""
+    assert exc.device == kind and exc.command == command
+    assert kind in str(exc) and repr(command) in str(exc)
+
+
 @pytest.mark.parametrize("kind", INSTRUMENTS)
 def test_fault_drop_then_reconnect(clean_world, kind):
     with make(clean_world, kind) as inst:
@@ -142,7 +157,7 @@ def test_fault_drop_then_reconnect(clean_world, kind):
         clean_world.inject(kind, "drop", count=1)
         with pytest.raises(InstrumentDisconnected) as info:
             _probe(inst)
-        assert info.value.device == kind and info.value.command == "*IDN?"
+        _names(info.value, kind, "*IDN?")
         assert _probe(inst)  # reconnected
         assert inst.adapter.reconnects == 1
 
@@ -153,7 +168,7 @@ def test_fault_stall_times_out_then_recovers(clean_world, kind):
         clean_world.inject(kind, "stall", count=1)
         with pytest.raises(InstrumentTimeout) as info:
             _probe(inst)
-        assert kind in str(info.value) and "*IDN?" in str(info.value)
+        _names(info.value, kind, "*IDN?")
         assert _probe(inst)
 
 
@@ -163,7 +178,7 @@ def test_fault_garbage_is_protocol_error_then_recovers(clean_world, kind):
         clean_world.inject(kind, "garbage", count=1)
         with pytest.raises(InstrumentProtocolError) as info:
             _probe(inst) if kind != "timetagger" else inst.fetch_tags(10)
-        assert info.value.device == kind
+        _names(info.value, kind, "*IDN?" if kind != "timetagger" else ":TAGS:FETC? 10")
         assert _probe(inst)
 
 
@@ -173,7 +188,8 @@ def test_fault_error_is_command_error_with_code(clean_world, kind):
         clean_world.inject(kind, "error", count=1, code=-221, text="Settings conflict")
         with pytest.raises(InstrumentCommandError) as info:
             _setting(inst, kind)
-        assert info.value.code == -221 and info.value.device == kind
+        assert info.value.code == -221 and info.value.text.endswith("Settings conflict")
+        _names(info.value, kind, SET_COMMANDS[kind])
         _setting(inst, kind)  # the next set is clean
         assert _probe(inst)
 
@@ -185,7 +201,8 @@ def test_fault_slow_within_and_beyond_timeout(clean_world, kind):
         clean_world.inject(kind, "slow", count=1, delay_ms=100)
         assert _probe(inst) == expected  # slow but inside the timeout
         clean_world.inject(kind, "slow", count=1, delay_ms=TIMEOUT_S * 1000 + 400)
-        with pytest.raises(InstrumentTimeout):
+        with pytest.raises(InstrumentTimeout) as info:
             _probe(inst)
+        _names(info.value, kind, "*IDN?")
         # The late answer must not be taken for the next reply: the adapter reconnected.
         assert _probe(inst) == expected
