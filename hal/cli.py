@@ -116,7 +116,10 @@ def query(
             payload = adapter.query_block(command)
             typer.echo(f"block of {len(payload)} bytes: {payload[:32].hex(' ')}")
         elif "?" in command or serial_like:  # the serial module answers every command
-            typer.echo(adapter.query(command))
+            reply = adapter.query(command)
+            typer.echo(reply)
+            if serial_like and reply.lstrip().upper().startswith("ERROR "):
+                raise typer.Exit(1)  # the module's in-line error (contracts §2.3)
         else:
             adapter.write(command)
             entry = adapter.query("SYST:ERR?")

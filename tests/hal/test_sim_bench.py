@@ -125,6 +125,8 @@ def test_instruments_identify_and_query(bench):
     assert out.exit_code == 0 and out.output.startswith("HEWLETT-PACKARD,HP8156A")
     out = runner.invoke(_cli(), ["instruments", "query", res["detector"], "DEADTIME:TIME?"])
     assert out.exit_code == 0 and out.output.strip() == "0,0,0,0"
+    out = runner.invoke(_cli(), ["instruments", "query", res["detector"], "DEADTIME:TIME 5000000"])
+    assert out.exit_code == 1 and out.output.startswith("ERROR -222")
     out = runner.invoke(_cli(), ["instruments", "query", res["attenuator"], ":INP:ATT 99"])
     assert out.exit_code == 1 and "-222" in out.output
     out = runner.invoke(_cli(), ["instruments", "list", "--sim", res["control"]])
