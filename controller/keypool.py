@@ -269,6 +269,10 @@ class KeyPool:
                     done.set_exception(error)
                 else:
                     done.set_result(result)
+            if not self._ops.empty():
+                # Back-to-back transactions would starve other writers of this file (the
+                # node committing new blocks waits in SQLite's busy handler): leave a gap.
+                time.sleep(0.001)
 
     def _has_key_blocks(self, conn: sqlite3.Connection) -> bool:
         if self._guarded:

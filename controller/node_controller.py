@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import json
 import logging
 import signal
@@ -35,11 +34,13 @@ from controller.keypool import KeyPool
 from controller.kme_link import PeerKmeClient
 from controller.kme_link import serve as serve_kme_link
 from controller.kms_api import KmsService, create_kms_app
+from controller.node_client import NodeCommandClient
+from controller.qber_loop import QberLoop
 from controller.state import NodeState
 from controller.state_api import create_state_app
 from controller.tls import bound_port, mtls_uvicorn_config
 from qnode.bus import Publisher, decode_frames, parse_topic
-from qnode.codec import CodecError, packb, unpackb
+from qnode.codec import CodecError, packb
 
 log = logging.getLogger("qnode.controller")
 
@@ -76,12 +77,10 @@ class NodeController:
         self.endpoints: dict[str, str] = {}
         self._stop = asyncio.Event()
         self._servers: list[_Server] = []
-        self._rids = itertools.count(1)
-        self._node_lock = asyncio.Lock()
-        self._node_sock: zmq.asyncio.Socket | None = None
-        self._high_blocks = 0
-        self._paused_at = 0.0
-        self._probation = False
+        self.node: NodeCommandClient | None = None
+        self.loop = QberLoop(
+            lambda: self.cfg.loop, self.state, self._forward_safe, self._publish_alarm
+        )
         self._last_issued = (0, time.monotonic())
         self.started = asyncio.Event()
 
@@ -229,92 +228,21 @@ class NodeController:
             )
             if is_block:
                 self.state.blocks_seen += 1
-                await self.on_block_qber(float(qber))
-            elif self.state.paused_by_loop and qber <= self.cfg.loop.qber_threshold:
-                await self._loop_resume(f"QBER estimate {qber:.4f} back under threshold")
-
-    # -- the closed loop ---------------------------------------------------------------------
-    async def on_block_qber(self, qber: float) -> None:
-        """QBER above threshold for N consecutive blocks -> pause + alarm; a pass -> resume."""
-        loop = self.cfg.loop
-        if not loop.enabled:
-            return
-        if qber > loop.qber_threshold:
-            self._high_blocks += 1
-            if self._probation or (
-                self._high_blocks >= loop.qber_blocks and not self.state.paused_by_loop
-            ):
-                self._probation = False
-                message = (
-                    f"QBER {qber:.4f} above {loop.qber_threshold} for {self._high_blocks} blocks"
-                )
-                self.state.paused_by_loop = True
-                self.state.paused = True
-                self._paused_at = time.monotonic()
-                if self.state.set_alarm("qber_high", True, message):
-                    self._publish_alarm("qber_high")
-                log.warning("closed loop: %s; pausing key production", message)
-                await self._forward_safe({"cmd": "pause", "args": {"reason": "qber_high"}})
-        else:
-            self._high_blocks = 0
-            if self._probation or self.state.paused_by_loop:
-                await self._loop_resume(f"block QBER {qber:.4f} under threshold")
-
-    async def _loop_resume(self, why: str) -> None:
-        was_paused = self.state.paused_by_loop
-        self._probation = False
-        self._high_blocks = 0
-        self.state.paused_by_loop = False
-        self.state.paused = False
-        if was_paused:
-            await self._forward_safe({"cmd": "resume", "args": {"reason": "qber_ok"}})
-        if self.state.set_alarm("qber_high", False, why):
-            self._publish_alarm("qber_high")
-        log.info("closed loop: %s; key production resumed", why)
-
-    async def _recheck(self) -> None:
-        """While paused by the loop, resume on probation every ``recheck_s``: the next block
-        decides (under threshold -> alarm cleared; over -> paused again at once)."""
-        if not self.state.paused_by_loop or self._probation:
-            return
-        if time.monotonic() - self._paused_at < self.cfg.loop.recheck_s:
-            return
-        self._probation = True
-        self.state.paused_by_loop = False
-        self.state.paused = False
-        await self._forward_safe({"cmd": "resume", "args": {"reason": "qber_recheck"}})
+                await self.loop.on_block(float(qber))
+            else:
+                await self.loop.on_estimate(float(qber))
 
     # -- node command socket -----------------------------------------------------------------
     async def forward(self, message: dict[str, Any]) -> dict[str, Any]:
         """Send a command to the node's command socket and return its reply map."""
-        endpoint = self.cfg.control.node_endpoint
-        if not endpoint:
-            raise cmds.CommandError("node command endpoint not configured")
-        async with self._node_lock:
-            if self._node_sock is None:
-                self._node_sock = self.ctx.socket(zmq.DEALER)
-                self._node_sock.linger = 0
-                keys = self._client_keys(self.cfg.security.node_command_public)
-                if keys:
-                    pub, sec, srv = keys
-                    self._node_sock.curve_publickey = pub
-                    self._node_sock.curve_secretkey = sec
-                    self._node_sock.curve_serverkey = srv
-                self._node_sock.connect(endpoint)
-            rid = next(self._rids)
-            await self._node_sock.send_multipart([b"", packb({**message, "rid": rid})])
-            deadline = time.monotonic() + self.cfg.control.node_timeout_ms / 1000
-            while (left := deadline - time.monotonic()) > 0:
-                if not await self._node_sock.poll(int(left * 1000) + 1):
-                    break
-                frames = await self._node_sock.recv_multipart()
-                try:
-                    reply = unpackb(frames[-1])
-                except CodecError:
-                    continue
-                if isinstance(reply, dict) and reply.get("rid") == rid:
-                    return reply
-            raise cmds.CommandError("node did not answer the command in time")
+        if self.node is None:
+            self.node = NodeCommandClient(
+                self.ctx,
+                self.cfg.control.node_endpoint,
+                self.cfg.control.node_timeout_ms,
+                self._client_keys(self.cfg.security.node_command_public),
+            )
+        return await self.node.call(message)
 
     async def _forward_safe(self, message: dict[str, Any]) -> dict[str, Any] | None:
         try:
@@ -467,7 +395,7 @@ class NodeController:
             silent = silent_s > self.cfg.telemetry.peer_lost_s
             if self.state.set_alarm("node_silent", silent, f"no telemetry for {silent_s:.1f} s"):
                 self._publish_alarm("node_silent")
-        await self._recheck()
+        await self.loop.recheck()
 
     # -- life cycle --------------------------------------------------------------------------
     async def _start_http(self, app: Any, config: uvicorn.Config) -> int:
@@ -536,13 +464,11 @@ class NodeController:
         self._stop.set()
 
     def _close(self) -> None:
-        for sock in (
-            getattr(self, "control", None),
-            getattr(self, "kme_sync", None),
-            self._node_sock,
-        ):
+        for sock in (getattr(self, "control", None), getattr(self, "kme_sync", None)):
             if sock is not None:
                 sock.close(0)
+        if self.node is not None:
+            self.node.close()
         if self.publisher is not None:
             self.publisher.close()
         if self.peer is not None:
