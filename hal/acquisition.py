@@ -30,7 +30,7 @@ import numpy as np
 import zmq
 
 from hal.bench import Bench
-from hal.events import EventBuilder, FrameAssembler, TimingConfig
+from hal.events import EventBuilder, Events, TimingConfig
 from qnode.bus import Publisher, topic
 from qnode.codec import CodecError, packb, unpackb
 from qnode.config import NodeConfig, load_config
@@ -85,6 +85,41 @@ def decode_frame(parts: list[Any]) -> tuple[dict[str, Any], dict[str, np.ndarray
     return header, out
 
 
+class FrameSplitter:
+    """Cut time-ordered event batches into whole frames in one pass (``np.searchsorted``).
+
+    Same contract as :class:`hal.events.FrameAssembler` (the frame in progress when acquisition
+    started is skipped; a frame is complete once the tag stream passed its end), but linear in
+    the events per batch: the assembler concatenates everything pending once per frame, which
+    costs more than the tag conversion when a batch spans tens of small frames.
+    """
+
+    def __init__(self, frame_slots: int) -> None:
+        self.frame_slots = frame_slots
+        self._pending: Events | None = None
+        self._next: int | None = None
+
+    def add(self, events: Events, horizon_slot: int) -> list[tuple[int, Events]]:
+        if self._next is None:
+            first = int(events.slot[0]) if len(events) else horizon_slot
+            self._next = -(-first // self.frame_slots)
+        if self._pending is not None and len(self._pending):
+            events = Events.concat([self._pending, events])
+        last = (horizon_slot + 1) // self.frame_slots  # frames [next, last) are complete
+        done: list[tuple[int, Events]] = []
+        if last > self._next:
+            edges = np.searchsorted(
+                events.slot, np.arange(self._next, last + 1, dtype=np.int64) * self.frame_slots
+            )
+            for i, index in enumerate(range(self._next, last)):
+                lo, hi = int(edges[i]), int(edges[i + 1])
+                done.append((index, events.select(slice(lo, hi))))
+            events = events.select(slice(int(edges[-1]), None))
+            self._next = last
+        self._pending = events
+        return done
+
+
 class Acquisition:
     """One node's acquisition loop (role from the node config)."""
 
@@ -102,6 +137,8 @@ class Acquisition:
         self.faults = 0
         self.source_settings: dict[str, float] = {}
         self.frames_out = 0
+        self.push_wait_s = 0.0  # time spent waiting for post-processing (back-pressure)
+        self.fetch_s = 0.0  # time spent fetching tags from the instrument
         self.detections = np.zeros(5, np.int64)
         self._last_tel = time.monotonic()
         self._last_counts = self.detections.copy()
@@ -122,6 +159,8 @@ class Acquisition:
         payload: dict[str, Any] = {
             "frames": self.frames_out,
             "frame_slots": self.cfg.pipeline.frame_slots,
+            "push_wait_s": round(self.push_wait_s, 3),
+            "fetch_s": round(self.fetch_s, 3),
             "paused": self.paused,
             "faults": self.faults,
         }
@@ -208,7 +247,7 @@ class Acquisition:
         tagger = self.bench.tagger
         timing = self._timing()
         builder = EventBuilder(timing)
-        assembler = FrameAssembler(timing.frame_slots)
+        assembler = FrameSplitter(timing.frame_slots)
         tagger.start()
         self._instrument("timetagger", "running")
         while self.running:
@@ -218,13 +257,15 @@ class Acquisition:
                 time.sleep(0.05)
                 continue
             try:
+                t_fetch = time.monotonic()
                 time_ps, channel = tagger.fetch(FETCH_TAGS)
+                self.fetch_s += time.monotonic() - t_fetch
             except InstrumentError as exc:
                 self.faults += 1
                 self._instrument("timetagger", "fault", f"{type(exc).__name__}: {exc}")
                 # Frames that overlap the fault may miss tags: never announce them.
                 builder = EventBuilder(timing)
-                assembler = FrameAssembler(timing.frame_slots)
+                assembler = FrameSplitter(timing.frame_slots)
                 time.sleep(0.2)
                 try:
                     tagger.start()
@@ -238,16 +279,18 @@ class Acquisition:
             self.detections += np.bincount(np.minimum(channel, 4), minlength=5)[:5]
             gate_before = builder.dropped_outside_gate
             events = builder.convert(time_ps, channel)
+            dropped = builder.dropped_outside_gate - gate_before
             # Slot of the latest tag, less a guard for jitter: frames before it are complete.
             horizon = int((int(time_ps[-1]) - timing.delay_ps) // timing.period_ps) - 4
-            for frame in assembler.add(events, horizon, builder.dropped_outside_gate - gate_before):
-                if len(frame.events) == 0:
+            for index, frame_events in assembler.add(events, horizon):
+                if len(frame_events) == 0:
                     continue
-                parts = encode_frame(
-                    frame.index, frame.frame_slots, frame.events, frame.dropped_outside_gate
-                )
+                parts = encode_frame(index, timing.frame_slots, frame_events, dropped)
+                dropped = 0
+                waited = time.monotonic()
                 while self.running:  # block here when post-processing is behind (back-pressure)
                     if out.poll(200, zmq.POLLOUT):
+                        self.push_wait_s += time.monotonic() - waited
                         out.send_multipart(parts, copy=False)
                         self.frames_out += 1
                         break
