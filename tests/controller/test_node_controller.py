@@ -202,3 +202,35 @@ def test_instrument_fault_and_pool_low_alarms(node):
     # 32 keys in our share, threshold 10: take 30 and the pool_low alarm goes up.
     ctl.controller.pool.issue("sae-alice", "sae-bob", 30, 256)
     wait_for(lambda: state.alarms["pool_low"].active, what="pool low alarm")
+
+
+def test_reload_applies_thresholds_and_limits(tmp_path, pki):
+    cfg_file = tmp_path / "ctl.toml"
+
+    def write(threshold: float, per_request: int) -> None:
+        cfg_file.write_text(
+            f'node = "alice"\nrole = "alice"\nkeystore = "{tmp_path / "a.db"}"\n'
+            f'[kms]\nkme_id = "alice"\npeer_kme_id = "bob"\ncert = "{pki / "alice.pem"}"\n'
+            f'key = "{pki / "alice.key"}"\nca = "{pki / "ca.pem"}"\nlocal_saes = ["sae-alice"]\n'
+            f'peer_saes = ["sae-bob"]\nport = 0\nmax_key_per_request = {per_request}\n'
+            f"[security]\ncurve = false\n[http]\nenabled = false\n"
+            f"[loop]\nqber_threshold = {threshold}\n"
+        )
+
+    from controller.config import load_config
+
+    write(0.08, 128)
+    ctl = ControllerThread(load_config(cfg_file), cfg_file).start()
+    try:
+        ep = ctl.endpoints["control"]
+        write(0.05, 4)
+        reply = send_command(ep, {"cmd": "reload"})
+        assert reply["ok"], reply
+        assert ctl.controller.cfg.loop.qber_threshold == 0.05
+        assert ctl.controller.kms.cfg.max_key_per_request == 4
+        cfg_file.write_text("node = [")  # a broken file is refused and changes nothing
+        broken = send_command(ep, {"cmd": "reload"})
+        assert not broken["ok"] and "TOML" in broken["error"]
+        assert ctl.controller.cfg.loop.qber_threshold == 0.05
+    finally:
+        ctl.stop()
