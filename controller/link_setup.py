@@ -99,6 +99,8 @@ def controller_ready_path(keystore_path: Path) -> Path:
 def attach_controllers(link: Any, pki: Path | None) -> Path:
     """Give a ``qnode.link.Link`` one controller per node (before ``link.start()``)."""
     directory = ensure_pki(pki, link.workdir)
+    for role in ROLES:  # a ready file left by an earlier run in this workdir is stale
+        controller_ready_path(link.workdir / f"{role}-keys.db").unlink(missing_ok=True)
     link.opts.controller_configs = controller_configs(link.workdir, directory)
     link.pki_dir = directory
     return directory
