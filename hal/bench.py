@@ -143,7 +143,8 @@ def _format_validation(exc: ValidationError, where: str) -> str:
         if err["type"] == "extra_forbidden":
             lines.append(f"unknown key {loc!r}")
         else:
-            lines.append(f"{loc + ': ' if loc else ''}{err['msg']}")
+            msg = err["msg"].removeprefix("Value error,").strip()  # pydantic prefix of our checks
+            lines.append(f"{loc + ': ' if loc else ''}{msg}")
     return f"{where}: " + "; ".join(lines)
 
 
