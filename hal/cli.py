@@ -6,6 +6,7 @@ from typing import Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from drivers.errors import InstrumentError
@@ -17,7 +18,8 @@ SIM_ENV = "QNODE_SIM_CONTROL"
 
 
 def _fail(message: str, code: int = 1) -> None:
-    Console(stderr=True).print(f"[red]error:[/red] {message}")
+    # escape: messages hold "[timetagger]"-like text that rich would take for markup
+    Console(stderr=True).print(f"[red]error:[/red] {escape(message)}")
     raise typer.Exit(code)
 
 
@@ -43,10 +45,10 @@ def list_instruments(
         for note in caught:
             if issubclass(note.category, ResourceWarning):  # pyvisa-py's own discovery sockets
                 continue
-            table.add_row("pyvisa-py", "note", str(note.message)[:100])
+            table.add_row("pyvisa-py", "note", escape(str(note.message)))
     except Exception as exc:  # discovery is best effort: report, go on with the world
         found = ()
-        table.add_row("pyvisa-py", "", f"listing failed: {exc!r}")
+        table.add_row("pyvisa-py", "", escape(f"listing failed: {exc!r}"))
     for res in found:
         table.add_row("pyvisa-py", "", res)
     sim = sim or _latest_world()
@@ -162,12 +164,12 @@ def check(
         table.add_column(col)
     for row in rows:
         style = "green" if row[-1] == "ok" else "red"
-        table.add_row(*row[:-1], f"[{style}]{row[-1]}[/{style}]")
+        table.add_row(*map(escape, row[:-1]), f"[{style}]{row[-1]}[/{style}]")
     Console(width=max(120, Console().width)).print(table)
     if failed:
         for role, device, what, value, _ in rows:
             if _ != "ok":
-                Console(stderr=True).print(f"FAILED {role} ({device}) {what}: {value}")
+                Console(stderr=True).print(escape(f"FAILED {role} ({device}) {what}: {value}"))
         raise typer.Exit(1)
 
 

@@ -131,3 +131,16 @@ def test_instruments_identify_and_query(bench):
     assert out.exit_code == 1 and "-222" in out.output
     out = runner.invoke(_cli(), ["instruments", "list", "--sim", res["control"]])
     assert out.exit_code == 0 and "timetagger" in out.output
+
+
+def test_bench_check_error_names_the_role_in_brackets(tmp_path):
+    """Messages reach the terminal as written (rich would eat "[timetagger]" as markup)."""
+    path = tmp_path / "bad.toml"
+    path.write_text(
+        'node = "bob"\n[timetagger]\ndriver = "qnode-time-tagger"\n'
+        'resource = "TCPIP::127.0.0.1::9::SOCKET"\nsettings = { sync_period = 3 }\n'
+        "[timing]\nclock_hz = 1e9\n"
+    )
+    result = CliRunner().invoke(_cli(), ["bench", "check", str(path)])
+    assert result.exit_code == 1
+    assert "[timetagger] unknown setting(s) ['sync_period']" in " ".join(result.output.split())
