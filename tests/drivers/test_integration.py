@@ -79,10 +79,15 @@ def test_tagger_streams_sorted_tags(clean_world):
 
 @pytest.mark.parametrize(
     "resource_key, transport",
-    [("detector", "auto"), ("detector", "visa"), ("detector_socket", "auto")],
+    [
+        ("detector", "auto"),
+        ("detector", "visa"),
+        ("detector_socket", "auto"),
+        ("detector_socket", "visa"),
+    ],
 )
 def test_detector_over_pty_and_socket(clean_world, resource_key, transport):
-    """The pty (pyserial, or pyvisa-py's ASRL session) and ``ASRLsocket://``."""
+    """The pty and ``ASRLsocket://``, each through pyserial and through pyvisa-py's ASRL session."""
     resource = clean_world.resources[resource_key]
     with SpadDetector(resource, timeout_s=TIMEOUT_S, transport=transport) as det:
         det.channel = "ALL"
