@@ -4,8 +4,9 @@ Alice and Bob each hold a :class:`ReconcilerAlice` / :class:`ReconcilerBob` per 
 ``handle`` methods take the peer's message and return the messages to send. Flow per batch of
 frames (every message carries ``block`` and ``frames``):
 
-1. Alice -> ``ldpc_syndrome``: frame plan (code, punctured, shortened, reveal step), QBER
-   estimate, packed syndromes.
+0. Alice -> ``ldpc_plan``: frame plan (code, punctured, shortened, reveal step), QBER estimate,
+   block length and frame count (Bob checks they match his block).
+1. Alice -> ``ldpc_syndrome``: the plan again and the packed syndromes of a batch of frames.
 2. Bob decodes the batch (numba, all cores). Frames that failed and still have reveal budget:
    Bob -> ``ldpc_reveal_request`` (``round``), Alice -> ``ldpc_reveal`` (the next
    ``reveal_step`` positions' values), Bob decodes again; repeated up to ``max_reveals`` times.
@@ -176,7 +177,7 @@ class ReconcilerAlice(_Side):
         self.verifier: VerifierAlice | None = None
 
     def start(self, bits: np.ndarray) -> list[Message]:
-        """Split ``bits`` into frames and return one ``ldpc_syndrome`` message per batch."""
+        """Split ``bits`` into frames; returns ``ldpc_plan`` and one ``ldpc_syndrome`` per batch."""
         check_bits("alice_bits", bits)
         plan, code = self.plan, self.plan.code
         k = plan.key_bits
@@ -186,7 +187,16 @@ class ReconcilerAlice(_Side):
         # eps_cor holds for the whole block: each frame's tag gets eps_cor / frames
         self.verifier = VerifierAlice(self.eps_cor / max(self.n_frames, 1), self.rng)
         punct, _short, key_pos, _ = plan.layout()
-        out = []
+        out: list[Message] = [
+            {
+                "type": "ldpc_plan",
+                "block": self.block,
+                "plan": plan.to_wire(),
+                "qber": self.qber,
+                "bits": int(bits.size),
+                "frames": self.n_frames,
+            }
+        ]
         for first in range(0, self.n_frames, self.batch_frames):
             ids = list(range(first, min(first + self.batch_frames, self.n_frames)))
             words = np.zeros((len(ids), code.n), np.uint8)
@@ -298,6 +308,8 @@ class ReconcilerBob(_Side):
         if self.bits is None:
             raise ValueError("ReconcilerBob.start(bits) was not called")
         kind = msg.get("type")
+        if kind == "ldpc_plan":
+            return self._on_plan(msg)
         if kind == "ldpc_syndrome":
             return self._on_syndrome(msg)
         batch = self._batch(msg)
@@ -332,6 +344,24 @@ class ReconcilerBob(_Side):
             self._finish(batch, outcome.frames, outcome.ok, keys)
             return [reply]
         raise ValueError(f"ReconcilerBob cannot handle {kind!r}")
+
+    def _on_plan(self, msg: Message) -> list[Message]:
+        if int(msg["block"]) != self.block:
+            raise ValueError(f"message for block {msg['block']} reached block {self.block}")
+        assert self.bits is not None
+        if int(msg["bits"]) != self.bits.size:
+            raise ValueError(
+                f"Alice's block has {msg['bits']} bits, Bob's {self.bits.size}: not the same block"
+            )
+        plan = FramePlan.from_wire(msg["plan"])
+        check_qber(msg["qber"])
+        n_frames = self.bits.size // plan.key_bits
+        if int(msg["frames"]) != n_frames or (self.plan_known and self.n_frames != n_frames):
+            raise ValueError("ldpc_plan: frame count differs from Bob's")
+        self.plan_known = True
+        self.n_frames = n_frames
+        self.remainder = self.bits[n_frames * plan.key_bits :].copy()
+        return []
 
     def _on_syndrome(self, msg: Message) -> list[Message]:
         if int(msg["block"]) != self.block:
@@ -458,7 +488,7 @@ def reconcile_loopback(
     )
     bob = ReconcilerBob(0, eps_cor=eps_cor)
     a_end, b_end = loopback_pair()
-    bob.start(bob_bits, alice.plan.key_bits)
+    bob.start(bob_bits)
     for m in alice.start(alice_bits):
         a_end.send(m)
     while b_end.pending() or a_end.pending():

@@ -155,8 +155,12 @@ def test_malformed_or_foreign_messages_raise_value_error():
     alice = ReconcilerAlice(1, q, rng=np.random.default_rng(0))
     bob = ReconcilerBob(1)
     a, b = noisy_pair(alice.plan.key_bits, q, seed=2)
-    bob.start(b, alice.plan.key_bits)
-    (syn,) = alice.start(a)
+    bob.start(b)
+    plan_msg, syn = alice.start(a)
+    assert plan_msg["type"] == "ldpc_plan" and not bob.done
+    with pytest.raises(ValueError):
+        bob.handle({**plan_msg, "bits": plan_msg["bits"] + 1})  # not the same block
+    assert bob.handle(plan_msg) == [] and not bob.done
     with pytest.raises(ValueError):
         bob.handle({**syn, "block": 2})
     with pytest.raises(ValueError):
@@ -189,7 +193,8 @@ def test_full_exchange_rejects_replays():
     bob = ReconcilerBob(2)
     a, b = noisy_pair(alice.plan.key_bits, q, seed=3)
     bob.start(b, alice.plan.key_bits)
-    (syn,) = alice.start(a)
+    plan_msg, syn = alice.start(a)
+    assert bob.handle(plan_msg) == []
     (status,) = bob.handle(syn)
     assert status["type"] == "ldpc_status" and list(status["decoded"]) == [1]
     (tags,) = alice.handle(status)
