@@ -16,6 +16,14 @@ frames (every message carries ``block`` and ``frames``):
 
 Bits at the end of the block that do not fill a whole frame are not reconciled: they come back
 as ``remainder`` (the caller prepends them to the next block's bits, both sides alike).
+
+Node runtime, per block: Alice makes ``ReconcilerAlice(block, qber_estimate, rng=<OS entropy>)``,
+sends every message of ``start(bits)``, then sends whatever ``handle(msg)`` returns for each
+message from Bob; Bob makes ``ReconcilerBob(block)``, calls ``start(bits)`` (no messages) and
+answers Alice's messages the same way. When ``done``, ``result()`` gives the key of the kept
+frames, ``leaked_bits`` (the reconciliation part of lambda_EC), ``verification_bits``, the kept
+and failed frame ids and the ``remainder``. ``handle`` raises ValueError for a message that does
+not fit the block (count it and drop it; the block then never completes and is discarded).
 """
 
 from __future__ import annotations
