@@ -70,6 +70,17 @@ def make_adapter(resource: str, name: str, *, transport: str = "auto", **kwargs)
     return SerialAdapter(resource, name, **kwargs)
 
 
+def _fast_path_ok(session) -> bool:
+    """Whether a pyvisa-py TCPIP SOCKET session has the internals the fast paths use (its
+    socket as ``interface``, the ``_pending_buffer`` it has received, ``max_recv_size``;
+    pyvisa-py 0.7-0.8). Otherwise everything goes through pyvisa's public API (slower)."""
+    return (
+        isinstance(getattr(session, "interface", None), socket.socket)
+        and isinstance(getattr(session, "_pending_buffer", None), bytearray)
+        and hasattr(session, "max_recv_size")
+    )
+
+
 class VisaAdapter(Adapter):
     """pyvisa-py session; reads lines with the terminator on, block payloads with it off."""
 
@@ -87,8 +98,8 @@ class VisaAdapter(Adapter):
             kwargs["baud_rate"] = self.baud_rate
         self._res = resource_manager().open_resource(self.resource, **kwargs)
         self._sock = None
-        if self.resource.upper().endswith("::SOCKET"):
-            session = self._res.visalib.sessions[self._res.session]
+        session = self._res.visalib.sessions.get(self._res.session)
+        if self.resource.upper().endswith("::SOCKET") and _fast_path_ok(session):
             sock = session.interface
             # pyvisa-py connects non-blocking and reports success even when refused: ask.
             err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)

@@ -68,3 +68,39 @@ def test_unknown_keyword_is_refused():
 def test_resource_strings_pick_a_transport(resource, kind):
     assert isinstance(make_adapter(resource, "x"), kind)
     assert isinstance(make_adapter("ASRL/dev/pts/3::INSTR", "x", transport="visa"), VisaAdapter)
+
+
+def _block_server(payload: bytes) -> tuple[socket.socket, int]:
+    """Answers ``*IDN?`` with a line and anything else with ``payload`` as a block."""
+    srv = socket.create_server(("127.0.0.1", 0))
+
+    def serve() -> None:
+        conn, _ = srv.accept()
+        with conn, conn.makefile("rb") as lines:
+            for line in lines:
+                if line.startswith(b"*IDN?"):
+                    conn.sendall(b"TEST,BLOCKS,0,1\n")
+                else:
+                    n = str(len(payload)).encode()
+                    conn.sendall(b"#" + str(len(n)).encode() + n + payload + b"\n")
+
+    threading.Thread(target=serve, daemon=True).start()
+    return srv, srv.getsockname()[1]
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_blocks_with_and_without_the_pyvisa_py_fast_path(monkeypatch, fast):
+    """The fast path leans on pyvisa-py internals; without them pyvisa's public API serves."""
+    if not fast:
+        monkeypatch.setattr("drivers.transports._fast_path_ok", lambda session: False)
+    payload = bytes(range(256)) * 1024  # 256 KiB with every byte value, \n included
+    srv, port = _block_server(payload)
+    adapter = VisaAdapter(f"TCPIP::127.0.0.1::{port}::SOCKET", "blocks", timeout_s=2.0)
+    try:
+        assert adapter.query("*IDN?") == "TEST,BLOCKS,0,1"
+        assert (adapter._sock is not None) == fast
+        assert adapter.query_block(":DATA?") == payload
+        assert adapter.query("*IDN?") == "TEST,BLOCKS,0,1"  # the stream is still in step
+    finally:
+        adapter.close()
+        srv.close()
