@@ -163,6 +163,9 @@ def world_rows(quick: bool, want: set[str]) -> list[dict[str, Any]]:
                     "stage": "timetags",
                     "impl": "qnode",
                     "source": "sim_hw",
+                    "preset": "snspd",
+                    "distance_km": 5.0,
+                    "mu_signal": 0.8,
                     "n": n_tags,
                     "tags_per_s": round(rate),
                 }  # fmt: skip
