@@ -22,6 +22,7 @@ import typer
 PERF_MODULES: list[str] = [
     "sim_hw.perf",
     "drivers.perf",
+    "hal.perf",
     "pipeline.bench.sifting",
     "pipeline.bench.ldpc",
     "pipeline.bench.toeplitz",
