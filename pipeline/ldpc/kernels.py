@@ -59,6 +59,8 @@ def _decode_frame(post, msg, syn, out, row_ptr, edge_col, edge_shift, z, max_ite
     one = np.float32(1.0)
     best_unsat = row_ptr.size * z
     best_it = 0
+    zu = np.uint64(z)
+    u0 = np.uint64(0)
     for it in range(1, max_iter + 1):
         unsat = 0
         for r in range(m_b):
@@ -70,21 +72,22 @@ def _decode_frame(post, msg, syn, out, row_ptr, edge_col, edge_shift, z, max_ite
                 arg[k] = 0
                 sgn[k] = one - np.float32(2.0) * syn[r * z + k]
                 par[k] = syn[r * z + k]
+            # Circulant shift s: lanes [0, c) meet post[po + s :], lanes [c, z) meet post[po :]
+            # (c = z - s). Helpers take base arrays and unsigned offsets: no array views (whose
+            # shared refcounts would bounce between cores), no wrap-around checks, plain SIMD.
             for t in range(d):
-                po = edge_col[e0 + t] * z
-                mo = (e0 + t) * z
-                to = t * z
-                c = z - edge_shift[e0 + t]  # lanes [0, c) meet post[po+s:], [c, z) post[po:]
+                po = np.uint64(edge_col[e0 + t] * z)
+                mo = np.uint64((e0 + t) * z)
+                to = np.uint64(t * z)
+                c = np.uint64(z - edge_shift[e0 + t])
+                rest = zu - c
                 if spa:
-                    _spa_in(post[po + z - c : po + z], msg[mo : mo + c], ext[to : to + c],
-                            aux[to : to + c], acc1[:c], sgn[:c], par[:c])  # fmt: skip
-                    _spa_in(post[po : po + z - c], msg[mo + c : mo + z], ext[to + c : to + z],
-                            aux[to + c : to + z], acc1[c:], sgn[c:], par[c:])  # fmt: skip
+                    _spa_in(post, po + rest, msg, mo, ext, aux, to, acc1, sgn, par, u0, c)
+                    _spa_in(post, po, msg, mo + c, ext, aux, to + c, acc1, sgn, par, c, rest)
                 else:
-                    _oms_in(post[po + z - c : po + z], msg[mo : mo + c], ext[to : to + c],
-                            acc1[:c], acc2[:c], arg[:c], t, sgn[:c], par[:c])  # fmt: skip
-                    _oms_in(post[po : po + z - c], msg[mo + c : mo + z], ext[to + c : to + z],
-                            acc1[c:], acc2[c:], arg[c:], t, sgn[c:], par[c:])  # fmt: skip
+                    _oms_in(post, po + rest, msg, mo, ext, to, acc1, acc2, arg, t, sgn, par, u0, c)
+                    _oms_in(post, po, msg, mo + c, ext, to + c, acc1, acc2, arg, t, sgn, par, c,
+                            rest)  # fmt: skip
             for k in range(z):
                 unsat += par[k]
             if not spa:
@@ -92,20 +95,17 @@ def _decode_frame(post, msg, syn, out, row_ptr, edge_col, edge_shift, z, max_ite
                     acc1[k] = max(alpha * acc1[k] - beta, np.float32(0.0))
                     acc2[k] = max(alpha * acc2[k] - beta, np.float32(0.0))
             for t in range(d):
-                po = edge_col[e0 + t] * z
-                mo = (e0 + t) * z
-                to = t * z
-                c = z - edge_shift[e0 + t]
+                po = np.uint64(edge_col[e0 + t] * z)
+                mo = np.uint64((e0 + t) * z)
+                to = np.uint64(t * z)
+                c = np.uint64(z - edge_shift[e0 + t])
+                rest = zu - c
                 if spa:
-                    _spa_out(ext[to : to + c], aux[to : to + c], acc1[:c], sgn[:c],
-                             msg[mo : mo + c], post[po + z - c : po + z])  # fmt: skip
-                    _spa_out(ext[to + c : to + z], aux[to + c : to + z], acc1[c:], sgn[c:],
-                             msg[mo + c : mo + z], post[po : po + z - c])  # fmt: skip
+                    _spa_out(ext, aux, to, acc1, sgn, msg, mo, post, po + rest, u0, c)
+                    _spa_out(ext, aux, to + c, acc1, sgn, msg, mo + c, post, po, c, rest)
                 else:
-                    _oms_out(ext[to : to + c], acc1[:c], acc2[:c], arg[:c], t, sgn[:c],
-                             msg[mo : mo + c], post[po + z - c : po + z])  # fmt: skip
-                    _oms_out(ext[to + c : to + z], acc1[c:], acc2[c:], arg[c:], t, sgn[c:],
-                             msg[mo + c : mo + z], post[po : po + z - c])  # fmt: skip
+                    _oms_out(ext, to, acc1, acc2, arg, t, sgn, msg, mo, post, po + rest, u0, c)
+                    _oms_out(ext, to + c, acc1, acc2, arg, t, sgn, msg, mo + c, post, po, c, rest)
         if unsat == 0 and _satisfied(post, syn, row_ptr, edge_col, edge_shift, z):
             _hard(post, out)
             return it, True
@@ -118,55 +118,56 @@ def _decode_frame(post, msg, syn, out, row_ptr, edge_col, edge_shift, z, max_ite
 
 
 @njit(inline="always", **_FAST)
-def _spa_in(src, old, ext, aux, prod, sgn, par):
+def _spa_in(post, pp, msg, mp, ext, aux, tp, prod, sgn, par, lane, n):
     """Sum-product pass 1 on one segment: t, tanh(|t|/2), running product, signs, parity."""
-    for k in range(src.size):
-        p = src[k]
-        par[k] ^= p < 0
-        v = p - old[k]
-        ext[k] = v
+    for k in range(n):
+        p = post[pp + k]
+        par[lane + k] ^= p < 0
+        v = p - msg[mp + k]
+        ext[tp + k] = v
         y = tanh_half(min(max(abs(v), np.float32(1e-5)), np.float32(40.0)))
-        aux[k] = y
-        prod[k] = max(prod[k] * y, np.float32(1e-30))  # never denormal (slow; value ~0 anyway)
-        sgn[k] = -sgn[k] if v < 0 else sgn[k]
+        aux[tp + k] = y
+        # never denormal (slow); the true value is ~0 whenever the floor matters
+        prod[lane + k] = max(prod[lane + k] * y, np.float32(1e-30))
+        sgn[lane + k] = -sgn[lane + k] if v < 0 else sgn[lane + k]
 
 
 @njit(inline="always", **_FAST)
-def _spa_out(ext, aux, prod, sgn, msg, post):
+def _spa_out(ext, aux, tp, prod, sgn, msg, mp, post, pp, lane, n):
     """Sum-product pass 2: |new| = 2 atanh(product of the other edges); posterior = t + new."""
-    for k in range(ext.size):
-        mag = atanh2_ratio(prod[k], aux[k])
-        v = ext[k]
-        new = -mag if (v < 0) != (sgn[k] < 0) else mag
-        msg[k] = new
-        post[k] = v + new
+    for k in range(n):
+        mag = atanh2_ratio(prod[lane + k], aux[tp + k])
+        v = ext[tp + k]
+        new = -mag if (v < 0) != (sgn[lane + k] < 0) else mag
+        msg[mp + k] = new
+        post[pp + k] = v + new
 
 
 @njit(inline="always", **_FAST)
-def _oms_in(src, old, ext, min1, min2, arg, t, sgn, par):
+def _oms_in(post, pp, msg, mp, ext, tp, min1, min2, arg, t, sgn, par, lane, n):
     """Min-sum pass 1 on one segment: t, two smallest magnitudes, argmin, signs, parity."""
-    for k in range(src.size):
-        p = src[k]
-        par[k] ^= p < 0
-        v = p - old[k]
-        ext[k] = v
+    for k in range(n):
+        p = post[pp + k]
+        par[lane + k] ^= p < 0
+        v = p - msg[mp + k]
+        ext[tp + k] = v
         a = abs(v)
-        m1 = min1[k]
-        min2[k] = min(min2[k], max(a, m1))
-        arg[k] = t if a < m1 else arg[k]
-        min1[k] = min(m1, a)
-        sgn[k] = -sgn[k] if v < 0 else sgn[k]
+        m1 = min1[lane + k]
+        min2[lane + k] = min(min2[lane + k], max(a, m1))
+        arg[lane + k] = t if a < m1 else arg[lane + k]
+        min1[lane + k] = min(m1, a)
+        sgn[lane + k] = -sgn[lane + k] if v < 0 else sgn[lane + k]
 
 
 @njit(inline="always", **_FAST)
-def _oms_out(ext, min1, min2, arg, t, sgn, msg, post):
+def _oms_out(ext, tp, min1, min2, arg, t, sgn, msg, mp, post, pp, lane, n):
     """Min-sum pass 2: the other edges' scaled/offset minimum; posterior = t + new."""
-    for k in range(ext.size):
-        mag = min2[k] if arg[k] == t else min1[k]
-        v = ext[k]
-        new = -mag if (v < 0) != (sgn[k] < 0) else mag
-        msg[k] = new
-        post[k] = v + new
+    for k in range(n):
+        mag = min2[lane + k] if arg[lane + k] == t else min1[lane + k]
+        v = ext[tp + k]
+        new = -mag if (v < 0) != (sgn[lane + k] < 0) else mag
+        msg[mp + k] = new
+        post[pp + k] = v + new
 
 
 @njit(cache=True)
