@@ -43,6 +43,18 @@ def _python() -> list[str]:
     return [sys.executable, "-m"]
 
 
+def _die_with_parent() -> None:
+    """In the child before exec: receive SIGTERM when the supervisor dies (Linux), so a killed
+    supervisor never leaves orphaned node processes holding instruments and sockets."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
 class ChildProcess:
     """One supervised process, restarted (with a pause) when it exits unexpectedly."""
 
@@ -56,7 +68,10 @@ class ChildProcess:
         if self.log_path is not None and self._log is None:
             self._log = open(self.log_path, "ab")  # noqa: SIM115 (kept open while we run)
         self.proc = subprocess.Popen(
-            self.argv, stdout=self._log or subprocess.DEVNULL, stderr=self._log or None
+            self.argv,
+            stdout=self._log or subprocess.DEVNULL,
+            stderr=self._log or None,
+            preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
         )
 
     def alive(self) -> bool:
