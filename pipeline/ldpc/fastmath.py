@@ -7,6 +7,7 @@ loop over ``Z`` lanes compiles to SIMD. Relative error < 1e-5 (phi: absolute < 1
 
 from __future__ import annotations
 
+import numpy as np
 from llvmlite import ir
 from numba import njit, types
 from numba.extending import intrinsic
@@ -103,6 +104,3 @@ def atanh2(y):
 def atanh2_ratio(p, y):
     """2 atanh(p / y) = ln((y + p) / (y - p)) for 0 <= p <= y: one division instead of two."""
     return log_pos((y + p) / max(y - p, np.float32(6e-8) * y))
-
-
-import numpy as np  # noqa: E402  (numba resolves np at compile time; kept last for the intrinsics)
