@@ -128,7 +128,7 @@ def perf_rows(quick: bool = False, stages: list[str] | None = None) -> list[dict
     """One qnode row per QBER plus the ``ldpc`` package's BpDecoder rows beside it."""
     if stages and STAGE not in stages:
         return []
-    frames = 4 if quick else 32
+    frames = 4 if quick else 64
     # the peers take 10-40 s per failing frame here: one frame each, fewer iterations when quick
     peer_frames, peer_iter = 1, (30 if quick else 100)
     peer_qbers = (0.02,) if quick else QBERS
