@@ -168,3 +168,20 @@ def test_cli_bad_input(runner, args, message) -> None:
     out = runner.invoke(app, ["keyrate", *args])
     assert out.exit_code == 2
     assert message in out.output
+
+
+def test_cli_link_file_gives_the_preset_figures(runner, tmp_path) -> None:
+    """--link FILE reads a TOML link file; the preset written out as a file plans the same link."""
+    from qnode.linkmodel import dump_toml
+
+    path = tmp_path / "lim.toml"
+    path.write_text(dump_toml(preset("lim2014")))
+    common = ["--distance", "100", "--block", "1e9", "--fixed", "--json"]
+    by_file = runner.invoke(app, ["keyrate", "--link", str(path), *common])
+    by_preset = runner.invoke(app, ["keyrate", "--preset", "lim2014", *common])
+    assert by_file.exit_code == 0 and by_preset.exit_code == 0, by_file.output + by_preset.output
+    a, b = json.loads(by_file.stdout), json.loads(by_preset.stdout)
+    assert a["link"] == str(path) and b["link"] == "lim2014"
+    assert a["rate_per_pulse"] > 0 and a["block"] == 10**9
+    for key in ("rate_per_pulse", "key_length", "qber", "mu", "p_mu", "q_x"):
+        assert a[key] == b[key], key
