@@ -277,3 +277,21 @@ def test_a_target_without_pclmul_selects_the_ntt_with_the_same_output(tmp_path):
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "ntt"
     assert np.array_equal(np.load(tmp_path / "y.npy"), toeplitz_hash(bits, key_seed, 1700))
+
+
+def test_perf_rows_compare_every_impl_on_the_same_input(monkeypatch):
+    from pipeline.bench import toeplitz as bench
+
+    assert bench.perf_rows(quick=True, stages=["sifting"]) == []
+    rows = bench._rows_for(20_000, reps=1, peer_reps=1)
+    impls = [(r["impl"], r["io"]) for r in rows]
+    assert impls[:3] == [("qnode", "bits"), ("qnode", "packed"), ("numpy", "bits")]
+    assert all(r["stage"] == "toeplitz" and r["n"] == 20_000 and r["m"] == 10_000 for r in rows)
+    assert all(r["mbps"] > 0 for r in rows if "missing" not in r)
+    assert all(r["agree"] for r in rows if "agree" in r), rows
+    assert rows[2]["ratio"] == pytest.approx(rows[0]["mbps"] / rows[2]["mbps"], rel=0.01)
+    # without the optional peer the row says so instead of failing
+    monkeypatch.setitem(sys.modules, "cryptomite", None)
+    peer = bench._rows_for(2_000, reps=1, peer_reps=1)[-1]
+    assert peer["impl"] == "cryptomite" and "pip install .[bench]" in peer["missing"]
+    assert "mbps" not in peer
