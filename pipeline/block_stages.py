@@ -18,6 +18,7 @@ Messages of one block (all carry ``block``; the runtime adds ``epoch``):
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -31,9 +32,22 @@ from pipeline.reconciliation import ReconcilerAlice, ReconcilerBob
 SOURCE_KEYS = ("mu_signal", "mu_decoy", "mu_vacuum", "p_signal", "p_decoy", "p_vacuum")
 
 
+QBER_PLAN_STEP = 5e-4
+
+
+def plan_qber(qber: float) -> float:
+    """The QBER estimate the LDPC rate is planned for: rounded *up* to a 0.05 % grid.
+
+    Rounding up only adds a little margin; a grid makes consecutive blocks reuse the same frame
+    plans (the reconciler caches every plan's position layout, ~2 MB each, for the process's
+    lifetime), which keeps a node's memory flat over a long run.
+    """
+    return min(0.5, math.ceil(qber / QBER_PLAN_STEP) * QBER_PLAN_STEP)
+
+
 def frame_key_bits(qber: float, f_target: float = 1.15) -> int:
     """Key bits per LDPC frame that Alice's reconciler will plan for this QBER estimate."""
-    return plan_frame(min(max(qber, 0.0), 0.5), f_target).key_bits
+    return plan_frame(plan_qber(min(max(qber, 0.0), 0.5)), f_target).key_bits
 
 
 def decoy_settings(source: dict[str, Any], eps_sec: float, eps_cor: float) -> DecoySettings:
@@ -93,8 +107,9 @@ class AliceBlock(_Common):
             return self.fail(reason)
         self.settings = decoy_settings(self.data.source, self.data.eps_sec, self.data.eps_cor)
         self.rec = ReconcilerAlice(
-            self.data.block, self.qber_z, eps_cor=self.data.eps_cor, f_target=self.data.f_target
-        )
+            self.data.block, plan_qber(self.qber_z), eps_cor=self.data.eps_cor,
+            f_target=self.data.f_target,
+        )  # fmt: skip
         start = {"type": "block_start", "block": self.data.block,
                  **{k: float(self.data.source[k]) for k in SOURCE_KEYS}}  # fmt: skip
         self._bob_done: Message | None = None
