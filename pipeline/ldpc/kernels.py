@@ -1,9 +1,11 @@
 """numba kernels of the layered QC decoder (see :mod:`.decoder` for the algorithm and API).
 
 Buffers are flat 1-D float32 arrays addressed by ``block * Z + lane``. A circulant with shift
-``s`` pairs check lane ``k`` with variable lane ``(k + s) % Z``: two contiguous segments, each
-processed by an inlined loop over bare counters so that LLVM emits SIMD with no gathers and no
-wrap-around or division checks (``error_model="numpy"``).
+``s`` pairs check lane ``k`` with variable lane ``(k + s) % Z``: its ``Z`` posteriors are copied
+into check order (two contiguous copies), so that every arithmetic loop runs over all ``Z`` lanes
+from one offset: SIMD with no gathers, no wrap-around or division checks (``error_model="numpy"``)
+and no scalar remainder (``Z`` is a multiple of 64). Signs are carried as int32 sign bits (xor),
+not as selects on float comparisons.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from .fastmath import atanh2_ratio, tanh_half
+from .fastmath import atanh2_ratio, bits_f32, f32_bits, tanh_half
 
 _FAST = {"cache": True, "fastmath": True, "error_model": "numpy"}
 BIG = np.float32(3.0e38)
@@ -49,18 +51,19 @@ def _decode_frame(post, msg, syn, out, row_ptr, edge_col, edge_shift, z, max_ite
     d_max = 0
     for r in range(m_b):
         d_max = max(d_max, row_ptr[r + 1] - row_ptr[r])
-    ext = np.empty(d_max * z, dtype=np.float32)  # t = posterior - old message, check order
-    aux = np.empty(d_max * z, dtype=np.float32)  # SPA: tanh(|t| / 2)
+    # lane buffers in check order: the circulant's posteriors rotated into place (then
+    # t = posterior - old message, then the new posterior), and SPA's tanh(|t| / 2)
+    ext = np.empty(d_max * z, dtype=np.float32)
+    aux = np.empty(d_max * z, dtype=np.float32)
     acc1 = np.empty(z, dtype=np.float32)  # SPA: product of tanh; OMS: smallest |t|
     acc2 = np.empty(z, dtype=np.float32)  # OMS: second smallest |t|
     arg = np.empty(z, dtype=np.int32)  # OMS: edge of the smallest
-    sgn = np.empty(z, dtype=np.float32)  # product of signs times (-1)^syndrome
-    par = np.empty(z, dtype=np.int32)  # syndrome parity of the hard decisions (cheap test)
+    sgn = np.empty(z, dtype=np.int32)  # sign bit: xor of the edges' sign bits and the syndrome
+    par = np.empty(z, dtype=np.int32)  # sign bit: syndrome parity of the hard decisions
     one = np.float32(1.0)
     best_unsat = row_ptr.size * z
     best_it = 0
     zu = np.uint64(z)
-    u0 = np.uint64(0)
     for it in range(1, max_iter + 1):
         unsat = 0
         for r in range(m_b):
@@ -70,26 +73,24 @@ def _decode_frame(post, msg, syn, out, row_ptr, edge_col, edge_shift, z, max_ite
                 acc1[k] = one if spa else BIG
                 acc2[k] = BIG
                 arg[k] = 0
-                sgn[k] = one - np.float32(2.0) * syn[r * z + k]
-                par[k] = syn[r * z + k]
-            # Circulant shift s: lanes [0, c) meet post[po + s :], lanes [c, z) meet post[po :]
-            # (c = z - s). Helpers take base arrays and unsigned offsets: no array views (whose
-            # shared refcounts would bounce between cores), no wrap-around checks, plain SIMD.
+                sgn[k] = np.int32(syn[r * z + k]) << np.int32(31)
+                par[k] = sgn[k]
+            # Circulant shift s: check lane k meets variable lane (k + s) % z. Gather the
+            # z posteriors into check order with two contiguous copies, then every lane loop
+            # runs over all z lanes from one offset (no scalar remainders for z % 64 == 0).
             for t in range(d):
                 po = np.uint64(edge_col[e0 + t] * z)
                 mo = np.uint64((e0 + t) * z)
                 to = np.uint64(t * z)
-                c = np.uint64(z - edge_shift[e0 + t])
-                rest = zu - c
+                s = np.uint64(edge_shift[e0 + t])
+                _copy(post, po + s, ext, to, zu - s)
+                _copy(post, po, ext, to + zu - s, s)
                 if spa:
-                    _spa_in(post, po + rest, msg, mo, ext, aux, to, acc1, sgn, par, u0, c)
-                    _spa_in(post, po, msg, mo + c, ext, aux, to + c, acc1, sgn, par, c, rest)
+                    _spa_in(ext, msg, mo, aux, to, acc1, sgn, par, zu)
                 else:
-                    _oms_in(post, po + rest, msg, mo, ext, to, acc1, acc2, arg, t, sgn, par, u0, c)
-                    _oms_in(post, po, msg, mo + c, ext, to + c, acc1, acc2, arg, t, sgn, par, c,
-                            rest)  # fmt: skip
+                    _oms_in(ext, msg, mo, to, acc1, acc2, arg, t, sgn, par, zu)
             for k in range(z):
-                unsat += par[k]
+                unsat += par[k] < 0
             if not spa:
                 for k in range(z):
                     acc1[k] = max(alpha * acc1[k] - beta, np.float32(0.0))
@@ -98,14 +99,13 @@ def _decode_frame(post, msg, syn, out, row_ptr, edge_col, edge_shift, z, max_ite
                 po = np.uint64(edge_col[e0 + t] * z)
                 mo = np.uint64((e0 + t) * z)
                 to = np.uint64(t * z)
-                c = np.uint64(z - edge_shift[e0 + t])
-                rest = zu - c
+                s = np.uint64(edge_shift[e0 + t])
                 if spa:
-                    _spa_out(ext, aux, to, acc1, sgn, msg, mo, post, po + rest, u0, c)
-                    _spa_out(ext, aux, to + c, acc1, sgn, msg, mo + c, post, po, c, rest)
+                    _spa_out(ext, aux, to, acc1, sgn, msg, mo, zu)
                 else:
-                    _oms_out(ext, to, acc1, acc2, arg, t, sgn, msg, mo, post, po + rest, u0, c)
-                    _oms_out(ext, to + c, acc1, acc2, arg, t, sgn, msg, mo + c, post, po, c, rest)
+                    _oms_out(ext, to, acc1, acc2, arg, t, sgn, msg, mo, zu)
+                _copy(ext, to, post, po + s, zu - s)
+                _copy(ext, to + zu - s, post, po, s)
         if unsat == 0 and _satisfied(post, syn, row_ptr, edge_col, edge_shift, z):
             _hard(post, out)
             return it, True
@@ -118,56 +118,68 @@ def _decode_frame(post, msg, syn, out, row_ptr, edge_col, edge_shift, z, max_ite
 
 
 @njit(inline="always", **_FAST)
-def _spa_in(post, pp, msg, mp, ext, aux, tp, prod, sgn, par, lane, n):
-    """Sum-product pass 1 on one segment: t, tanh(|t|/2), running product, signs, parity."""
+def _with_sign(mag, sign_bits):
+    """``mag`` (>= 0) with the sign bit of the int32 ``sign_bits``: two bit operations."""
+    return bits_f32(f32_bits(mag) | (sign_bits & np.int32(-(2**31))))
+
+
+@njit(inline="always", **_FAST)
+def _copy(src, sp, dst, dp, n):
     for k in range(n):
-        p = post[pp + k]
-        par[lane + k] ^= p < 0
+        dst[dp + k] = src[sp + k]
+
+
+@njit(inline="always", **_FAST)
+def _spa_in(ext, msg, mp, aux, tp, prod, sgn, par, n):
+    """Sum-product pass 1 over the z lanes: t, tanh(|t|/2), running product, signs, parity."""
+    for k in range(n):
+        p = ext[tp + k]
+        par[k] ^= f32_bits(p)
         v = p - msg[mp + k]
         ext[tp + k] = v
         y = tanh_half(min(max(abs(v), np.float32(1e-5)), np.float32(40.0)))
         aux[tp + k] = y
         # never denormal (slow); the true value is ~0 whenever the floor matters
-        prod[lane + k] = max(prod[lane + k] * y, np.float32(1e-30))
-        sgn[lane + k] = -sgn[lane + k] if v < 0 else sgn[lane + k]
+        prod[k] = max(prod[k] * y, np.float32(1e-30))
+        sgn[k] ^= f32_bits(v)
 
 
 @njit(inline="always", **_FAST)
-def _spa_out(ext, aux, tp, prod, sgn, msg, mp, post, pp, lane, n):
+def _spa_out(ext, aux, tp, prod, sgn, msg, mp, n):
     """Sum-product pass 2: |new| = 2 atanh(product of the other edges); posterior = t + new."""
     for k in range(n):
-        mag = atanh2_ratio(prod[lane + k], aux[tp + k])
+        mag = max(atanh2_ratio(prod[k], aux[tp + k]), np.float32(0.0))
         v = ext[tp + k]
-        new = -mag if (v < 0) != (sgn[lane + k] < 0) else mag
+        new = _with_sign(mag, sgn[k] ^ f32_bits(v))
         msg[mp + k] = new
-        post[pp + k] = v + new
+        ext[tp + k] = v + new
 
 
 @njit(inline="always", **_FAST)
-def _oms_in(post, pp, msg, mp, ext, tp, min1, min2, arg, t, sgn, par, lane, n):
-    """Min-sum pass 1 on one segment: t, two smallest magnitudes, argmin, signs, parity."""
+def _oms_in(ext, msg, mp, tp, min1, min2, arg, t, sgn, par, n):
+    """Min-sum pass 1 over the z lanes: t, two smallest magnitudes, argmin, signs, parity."""
     for k in range(n):
-        p = post[pp + k]
-        par[lane + k] ^= p < 0
+        p = ext[tp + k]
+        par[k] ^= f32_bits(p)
         v = p - msg[mp + k]
         ext[tp + k] = v
         a = abs(v)
-        m1 = min1[lane + k]
-        min2[lane + k] = min(min2[lane + k], max(a, m1))
-        arg[lane + k] = t if a < m1 else arg[lane + k]
-        min1[lane + k] = min(m1, a)
-        sgn[lane + k] = -sgn[lane + k] if v < 0 else sgn[lane + k]
+        m1 = min1[k]
+        min2[k] = min(min2[k], max(a, m1))
+        arg[k] = t if a < m1 else arg[k]
+        min1[k] = min(m1, a)
+        sgn[k] ^= f32_bits(v)
 
 
 @njit(inline="always", **_FAST)
-def _oms_out(ext, tp, min1, min2, arg, t, sgn, msg, mp, post, pp, lane, n):
+def _oms_out(ext, tp, min1, min2, arg, t, sgn, msg, mp, n):
     """Min-sum pass 2: the other edges' scaled/offset minimum; posterior = t + new."""
     for k in range(n):
-        mag = min2[lane + k] if arg[lane + k] == t else min1[lane + k]
+        mag = min2[k] if arg[k] == t else min1[k]
         v = ext[tp + k]
-        new = -mag if (v < 0) != (sgn[lane + k] < 0) else mag
+        new = _with_sign(mag, sgn[k] ^ f32_bits(v))
         msg[mp + k] = new
-        post[pp + k] = v + new
+        ext[tp + k] = v + new
 
 
 @njit(cache=True)
