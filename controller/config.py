@@ -97,6 +97,9 @@ class TelemetryConfig(_Section):
     # "bind": a PUB socket of our own at ``publish``.
     publish: str = "tcp://127.0.0.1:0"
     publish_mode: Literal["bind", "connect"] = "bind"
+    # Optional CURVE-secured relay: a PUB bound here re-publishes every message of this node
+    # (the node's and the controller's, frames unchanged) to the allowed clients only.
+    relay: str = ""
     peer_lost_s: float = Field(5.0, gt=0)
 
 

@@ -33,9 +33,13 @@ def send_command(
     try:
         if curve_secret is not None and server_key is not None:
             make_client(sock, curve_secret, load_public_key(server_key))
+        sock.sndtimeo = timeout_ms  # a DEALER with no usable peer (e.g. CURVE refused) blocks
         sock.connect(endpoint)
         rid = command.get("rid", next(_rids))
-        sock.send(packb({**command, "rid": rid}))
+        try:
+            sock.send(packb({**command, "rid": rid}))
+        except zmq.Again:
+            return {"ok": False, "error": f"no reply from {endpoint}: could not send"}
         if not sock.poll(timeout_ms):
             return {"ok": False, "error": f"no reply from {endpoint} in {timeout_ms} ms"}
         return unpackb(sock.recv())
@@ -48,8 +52,12 @@ def send_raw(endpoint: str, raw: bytes, timeout_ms: int = 5000) -> dict[str, Any
     sock = zmq.Context.instance().socket(zmq.DEALER)
     sock.linger = 0
     try:
+        sock.sndtimeo = timeout_ms
         sock.connect(endpoint)
-        sock.send(raw)
+        try:
+            sock.send(raw)
+        except zmq.Again:
+            return None
         if not sock.poll(timeout_ms):
             return None
         return unpackb(sock.recv())

@@ -102,6 +102,7 @@ class PeerKmeClient:
         if sock is None:
             sock = self._ctx.socket(zmq.DEALER)
             sock.linger = 0
+            sock.sndtimeo = self.timeout_ms  # never block on a peer that refuses us
             if self._curve:
                 make_client(sock, self._curve[0], self._curve[1])
             sock.connect(self.endpoint)
@@ -114,7 +115,10 @@ class PeerKmeClient:
         rid = next(self._rids)
         request["rid"] = rid
         sock = self._socket()
-        sock.send(packb(request))
+        try:
+            sock.send(packb(request))
+        except zmq.Again:
+            raise PeerUnavailable(f"peer KME at {self.endpoint} is not reachable") from None
         remaining = self.timeout_ms
         while remaining > 0:
             if not sock.poll(remaining):

@@ -53,8 +53,15 @@ class NodeCommandClient:
         async with self._lock:
             sock = self._socket()
             rid = next(self._rids)
-            await sock.send_multipart([b"", packb({**message, "rid": rid})])
             deadline = time.monotonic() + self.timeout_ms / 1000
+            try:
+                await asyncio.wait_for(
+                    sock.send_multipart([b"", packb({**message, "rid": rid})]),
+                    self.timeout_ms / 1000,
+                )
+            except TimeoutError:
+                self.close()  # the socket may hold the unsent message: start afresh
+                raise CommandError("node command socket not reachable") from None
             while (left := deadline - time.monotonic()) > 0:
                 if not await sock.poll(int(left * 1000) + 1):
                     break

@@ -139,6 +139,11 @@ class NodeController:
                 curve_server_keys=keys,
             )
             self.endpoints["publish"] = self.publisher.endpoint
+        self.relay: zmq.asyncio.Socket | None = None
+        if tel.relay:
+            self.relay = self._bind(zmq.PUB, tel.relay, "telemetry")
+            self.relay.sndhwm = 100_000
+            self.endpoints["relay"] = self.relay.last_endpoint.decode()
         self.control = self._bind(zmq.ROUTER, cfg.control.bind, "control")
         self.endpoints["control"] = self.control.last_endpoint.decode()
         if cfg.kms is not None and cfg.kms.enabled:
@@ -186,6 +191,8 @@ class NodeController:
                 except (ValueError, CodecError):
                     self.state.telemetry_malformed += 1
                     continue
+                if self.relay is not None:
+                    await self.relay.send_multipart(frames)
                 if msg.header.get("src") == "controller":
                     continue  # our own alarms, echoed back through the hub
                 key = (msg.header["node"], str(msg.header.get("src", "")))
@@ -464,7 +471,11 @@ class NodeController:
         self._stop.set()
 
     def _close(self) -> None:
-        for sock in (getattr(self, "control", None), getattr(self, "kme_sync", None)):
+        for sock in (
+            getattr(self, "control", None),
+            getattr(self, "kme_sync", None),
+            getattr(self, "relay", None),
+        ):
             if sock is not None:
                 sock.close(0)
         if self.node is not None:

@@ -57,7 +57,7 @@ def secured(tmp_path_factory, pki):
     alice_cfg = controller_config(
         tmp, pki, "alice", "bob", ["sae-alice"], ["sae-bob"], sync_port=pa, peer_sync_port=pb,
         security=_security(pki, "alice", "bob"),
-        telemetry={"node_endpoint": hub.public},
+        telemetry={"node_endpoint": hub.public, "relay": "tcp://127.0.0.1:0"},
         control={"node_endpoint": node_cmd.endpoint},
     )  # fmt: skip
     bob_cfg = controller_config(
@@ -143,3 +143,27 @@ def test_controller_reads_a_curve_hub_and_kmes_talk_over_curve(secured, pki):
     assert httpx.get(f"{alice.endpoints['http']}/alarms").status_code == 200
     time.sleep(1.2)  # a tick: the peer KME answers pings over CURVE
     assert not alice.controller.state.alarms["peer_lost"].active
+
+
+def test_node_telemetry_relayed_to_curve_clients_only(secured, pki):
+    alice, _, node_pub, _ = secured
+    server = load_public_key(pki / "curve" / "alice.key")
+    subs = {}
+    for name in ("monitor", "intruder"):
+        public, secret = load_key_pair(pki / "curve" / f"{name}.key_secret")
+        subs[name] = Subscriber(
+            alice.endpoints["relay"], ["qfs/telemetry/alice/"],
+            curve_client_keys=(public, secret, server),
+        )  # fmt: skip
+    time.sleep(0.3)
+    got = None
+    for _ in range(50):
+        node_pub.publish("qfs/telemetry/alice/acquisition/", {"detections_per_s": 1234.0})
+        got = subs["monitor"].recv(timeout_ms=100)
+        if got is not None:
+            break
+    assert got is not None and got.header["src"] == "postprocess", "relay keeps node headers"
+    assert got.payload == {"detections_per_s": 1234.0}
+    assert subs["intruder"].recv(timeout_ms=1000) is None
+    for sub in subs.values():
+        sub.close()
