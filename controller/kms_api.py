@@ -115,7 +115,7 @@ class KmsService:
             )
         keys = await asyncio.wrap_future(self.pool.issue_future(requester, slave, number, size))
         self._account(requester, slave, keys)
-        log.info(
+        log.debug(
             "enc_keys: %d keys of %d bits issued to %s for %s", len(keys), size, requester, slave
         )
         return KeyContainer(keys=[KeyItem(key_ID=k.key_id, key=k.b64) for k in keys])
@@ -141,7 +141,7 @@ class KmsService:
         records = self.peer.lookup(key_ids)
         keys = self.pool.deliver(requester, master, key_ids, records)
         self._account(master, requester, keys)
-        log.info("dec_keys: %d keys delivered to %s (master %s)", len(keys), requester, master)
+        log.debug("dec_keys: %d keys delivered to %s (master %s)", len(keys), requester, master)
         return KeyContainer(keys=[KeyItem(key_ID=k.key_id, key=k.b64) for k in keys])
 
 

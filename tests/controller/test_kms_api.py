@@ -341,3 +341,22 @@ def test_concurrent_https_clients_never_share_a_key(link, pki):
         )
     assert r.status_code == 200, r.text
     assert _check_container(r.json(), len(sample), 256) == sample
+
+
+def test_key_material_is_never_logged(link, pki, caplog):
+    import logging
+
+    alice_url, bob_url = _urls(link)
+    with caplog.at_level(logging.DEBUG):
+        with sae_client(pki, "sae-alice") as a, sae_client(pki, "sae-bob") as b:
+            r = a.post(f"{alice_url}/api/v1/keys/sae-bob/enc_keys", json={"number": 3})
+            keys = _check_container(r.json(), 3, 256)
+            b.post(
+                f"{bob_url}/api/v1/keys/sae-alice/dec_keys",
+                json={"key_IDs": [{"key_ID": k} for k, _ in keys]},
+            )
+    text = "\n".join(rec.getMessage() for rec in caplog.records)
+    assert any("enc_keys" in rec.getMessage() for rec in caplog.records), "nothing logged?"
+    for _, material in keys:
+        assert base64.b64encode(material).decode() not in text
+        assert material.hex() not in text
