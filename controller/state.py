@@ -96,7 +96,8 @@ class NodeState:
                 alarm.message = message
             return False
         alarm.active = active
-        alarm.message = message
+        if message or active:  # a clear without a reason keeps the last raise's message
+            alarm.message = message
         alarm.since_ns = time.time_ns()
         if active:
             alarm.count += 1

@@ -53,6 +53,25 @@ def test_keys_from_a_simulated_link_match_on_both_sides(tmp_path):
         assert d.json() == r.json(), "Bob's application must receive Alice's keys"
         tree = httpx.get(f"{ready['state']['alice']}/restconf/data/etsi-qkd-sdn-node:qkd_node")
         assert tree.json()["etsi-qkd-sdn-node:qkd_node"]["qkd_links"]["qkd_link"]
+        # A sim_hw fault on Bob's time tagger reaches Bob's controller as an alarm.
+        import json
+
+        from sim_hw.serve_cli import control_request
+
+        world = json.loads((link.workdir / "world.json").read_text())
+        reply = control_request(world["control"], {"op": "inject", "instrument": "timetagger",
+                                "kind": "drop", "count": 1})  # fmt: skip
+        assert reply.get("ok"), reply
+
+        def fault_alarm() -> dict:
+            alarms = httpx.get(f"{ready['state']['bob']}/alarms").json()["alarms"]
+            return next(x for x in alarms if x["alarm"] == "instrument_fault")
+
+        deadline = time.monotonic() + 30
+        while fault_alarm()["count"] < 1:
+            assert time.monotonic() < deadline, "the tagger fault never raised an alarm"
+            time.sleep(0.2)
+        assert "timetagger" in fault_alarm()["message"]
         a.close()
         b.close()
     finally:
