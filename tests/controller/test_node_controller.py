@@ -234,3 +234,18 @@ def test_reload_applies_thresholds_and_limits(tmp_path, pki):
         assert ctl.controller.cfg.loop.qber_threshold == 0.05
     finally:
         ctl.stop()
+
+
+def test_closed_loop_resumes_on_a_good_estimate_while_paused(node):
+    ctl, pub, node_cmd = node
+    state = ctl.controller.state
+    for i in range(3):
+        pub.publish("qfs/telemetry/alice/block/", {"block_id": f"h{i}", "qber": 0.2})
+    wait_for(lambda: state.paused_by_loop, what="pause")
+    # The link summary still carries the bad block's QBER: no resume on that.
+    pub.publish("qfs/telemetry/alice/link/", {"qber": 0.2, "skr_bps": 0.0})
+    time.sleep(0.2)
+    assert state.paused_by_loop
+    pub.publish("qfs/telemetry/alice/link/", {"qber": 0.03})
+    wait_for(lambda: not state.alarms["qber_high"].active, what="resume on a good estimate")
+    assert node_cmd.commands()[-1] == "resume" and not state.paused
