@@ -140,9 +140,10 @@ def _reference_iteration(code, post, msg, syn, spa, alpha=1.0, beta=1.0):
         post[vi] = t + msg[mi]
 
 
+@pytest.mark.parametrize("z", [64, 1024])
 @pytest.mark.parametrize("method", ["spa", "oms"])
-def test_layered_iterations_match_reference(method):
-    code = small_code()
+def test_layered_iterations_match_reference(method, z):
+    code = small_code(z=z)
     x, y = _frames(code, 0.16, 2, seed=11)  # too noisy to converge: exactly 2 iterations
     llr, syn = channel_llr(y, 0.16), code.syndrome(x)
     dec = BatchDecoder(code, llr, syn, method=method, alpha=0.8, beta=0.1)
