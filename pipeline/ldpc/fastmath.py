@@ -48,16 +48,21 @@ def bits_f32(typingctx, x):
 
 @intrinsic
 def prefer_512bit_vectors(typingctx):
-    """Let LLVM vectorise the calling function with 512-bit registers where the CPU has them.
+    """Let LLVM vectorise the calling function with 512-bit registers where the CPU has them,
+    and divide by the hardware reciprocal estimate without a Newton step.
 
     LLVM defaults to 256-bit vectors on Intel CPUs with AVX-512 (clock-down worries of older
     parts); the function attribute ``prefer-vector-width`` lifts that for one function, as
-    clang's ``-mprefer-vector-width=512`` does. No effect on CPUs without AVX-512. llvmlite only
-    accepts a fixed list of attribute names, hence the plain ``set.add``.
+    clang's ``-mprefer-vector-width=512`` does. No effect on CPUs without AVX-512. Under
+    ``fastmath`` a float32 division becomes a reciprocal estimate plus one Newton step;
+    ``reciprocal-estimates`` drops the step: relative error 2^-14 with AVX-512 (2^-12 with
+    AVX2), far below what belief propagation notices. llvmlite only accepts a fixed list of
+    attribute names, hence the plain ``set.add``.
     """
 
     def codegen(context, builder, sig, args):
         set.add(builder.function.attributes, '"prefer-vector-width"="512"')
+        set.add(builder.function.attributes, '"reciprocal-estimates"="vec-divf:0,divf:0"')
         return context.get_dummy_value()
 
     return types.none(), codegen
