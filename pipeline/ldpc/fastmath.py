@@ -47,7 +47,7 @@ def bits_f32(typingctx, x):
 
 
 @intrinsic
-def prefer_512bit_vectors(typingctx):
+def wide_vectors_fast_division(typingctx):
     """Let LLVM vectorise the calling function with 512-bit registers where the CPU has them,
     and divide by the hardware reciprocal estimate without a Newton step.
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from .fastmath import atanh2_ratio, bits_f32, f32_bits, prefer_512bit_vectors, tanh_half
+from .fastmath import atanh2_ratio, bits_f32, f32_bits, tanh_half, wide_vectors_fast_division
 
 _FAST = {"cache": True, "fastmath": True, "error_model": "numpy"}
 BIG = np.float32(3.0e38)
@@ -47,7 +47,7 @@ def decode_batch_kernel(post, msg, syn, sel, row_ptr, edge_col, edge_shift, z, m
 @njit(**_FAST)
 def _decode_frame(post, msg, syn, out, row_ptr, edge_col, edge_shift, z, max_iter, stall, spa,
                   alpha, beta):  # fmt: skip
-    prefer_512bit_vectors()
+    wide_vectors_fast_division()
     m_b = row_ptr.size - 1
     d_max = 0
     for r in range(m_b):
