@@ -3,8 +3,9 @@
 Syndrome decoding for one-way reconciliation: Bob knows the channel LLRs of Alice's bits
 (from his own bits and the QBER) and Alice's syndrome; each check ``c`` enforces
 ``sum_v x_v = s_c``. The schedule is layered (one base row = ``Z`` independent checks per layer,
-Hocevar 2004), so a layer is processed as ``Z`` contiguous lanes that numba vectorises; circulant
-shifts become two contiguous segments (:mod:`.kernels`). Check updates are sum-product by the tanh
+Hocevar 2004), so a layer is processed as ``Z`` contiguous lanes that numba vectorises (512-bit
+where the CPU has them); each circulant's posteriors are rotated into check order by two contiguous
+copies (:mod:`.kernels`). Check updates are sum-product by the tanh
 rule (product of tanh(|t|/2), one division per edge for the extrinsic product) with
 vectorisable exp/log approximations (:mod:`.fastmath`) on float32 messages, or offset min-sum
 as a faster option; frames run in parallel with ``prange``; each frame stops as soon
