@@ -107,13 +107,16 @@ class MitmProxy:
                 ready = poller.poll(50)
             except zmq.ZMQError:
                 return  # the test tore the context down
-            for sock, _ in ready:
-                frames = sock.recv_multipart()
-                if sock is self.front:
-                    self.identity = frames[0]
-                    self._process("up", frames[1:])
-                else:
-                    self._process("down", frames)
+            try:
+                for sock, _ in ready:
+                    frames = sock.recv_multipart()
+                    if sock is self.front:
+                        self.identity = frames[0]
+                        self._process("up", frames[1:])
+                    else:
+                        self._process("down", frames)
+            except zmq.ZMQError:
+                return  # the test tore the context down
         self.front.close(0)
         self.back.close(0)
 
