@@ -105,8 +105,8 @@ class MitmProxy:
         while not self._stop.is_set():
             try:
                 ready = poller.poll(50)
-            except zmq.ZMQError:
-                return  # the test tore the context down
+            except (zmq.ZMQError, AttributeError):
+                return  # the test tore the context down under the poller
             try:
                 for sock, _ in ready:
                     frames = sock.recv_multipart()
@@ -115,8 +115,8 @@ class MitmProxy:
                         self._process("up", frames[1:])
                     else:
                         self._process("down", frames)
-            except zmq.ZMQError:
-                return  # the test tore the context down
+            except (zmq.ZMQError, AttributeError):
+                return  # the test tore the context down under the poller
         self.front.close(0)
         self.back.close(0)
 
