@@ -185,3 +185,19 @@ def test_cli_link_file_gives_the_preset_figures(runner, tmp_path) -> None:
     assert a["rate_per_pulse"] > 0 and a["block"] == 10**9
     for key in ("rate_per_pulse", "key_length", "qber", "mu", "p_mu", "q_x"):
         assert a[key] == b[key], key
+
+
+def test_dead_time_thins_the_predicted_rate_only_where_there_is_dead_time():
+    from pipeline.keyrate import dead_time_alive_fraction
+    from qnode import linkmodel
+
+    gys = linkmodel.preset("gys")
+    assert dead_time_alive_fraction(gys) == 1.0
+    snspd = linkmodel.preset("snspd").with_distance(10).with_changes(source={"p_basis_z": 0.5})
+    alive = dead_time_alive_fraction(snspd)
+    assert 0.2 < alive < 0.8, alive  # 30 ns dead time at ~0.1 clicks per slot saturates
+    no_dead = snspd.with_changes(receiver={"dead_time_ns": 0.0})
+    with_dead = expected_key_rate(snspd, block=10**6, optimise=False)
+    without = expected_key_rate(no_dead, block=10**6, optimise=False)
+    assert 0 < with_dead.rate_per_pulse < without.rate_per_pulse
+    assert with_dead.qber == pytest.approx(without.qber, rel=0.05)
