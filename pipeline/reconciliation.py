@@ -41,7 +41,7 @@ from .verification import DEFAULT_EPS_COR, VerifierAlice, VerifierBob
 BATCH_BYTES = 64 << 20  # decoder state Bob may hold per batch
 FIRST_ROUND_ITER = 100
 REVEAL_ROUND_ITER = 60  # after a reveal the decoder resumes from its state, so fewer suffice
-STALL_ITERS = 10  # a frame with no new minimum of unsatisfied checks for this long is stuck
+STALL_ITERS = 5  # a frame with no new minimum of unsatisfied checks for this long is stuck
 
 
 def check_bits(name: str, bits: np.ndarray) -> np.ndarray:
