@@ -1,0 +1,136 @@
+"""The fast subscriber path: header template and fast parse, lazy payload, frame reading, batches."""
+
+from __future__ import annotations
+
+import msgpack
+import pytest
+import zmq
+
+from qnode.bus import (
+    MalformedMessage,
+    Publisher,
+    Subscriber,
+    _Decoder,
+    decode_frames,
+    encode_header,
+)
+from qnode.codec import packb
+
+T = b"qfs/telemetry/alice/link/"
+
+
+def _plain_header(seq: int, ts: int = 5, src: str = "pp", node: str = "alice") -> bytes:
+    return packb({"schema": 1, "node": node, "src": src, "seq": seq, "ts_ns": ts})
+
+
+def test_template_header_is_plain_msgpack_with_the_documented_fields():
+    fields = {"schema": 1, "node": "alice", "src": "pp"}
+    raw = encode_header(fields, 7, 1_700_000_000_123_456_789)
+    assert msgpack.unpackb(raw) == {**fields, "seq": 7, "ts_ns": 1_700_000_000_123_456_789}
+    assert list(msgpack.unpackb(raw)) == ["schema", "node", "src", "seq", "ts_ns"]
+
+
+def test_fast_path_agrees_with_full_decode_for_template_and_foreign_headers():
+    dec = _Decoder()
+    fields = {"schema": 1, "node": "alice", "src": "pp"}
+    for seq in (1, 2, 300, 1 << 40):  # the first one learns the prefix, the rest take the fast path
+        msg = dec.decode([T, encode_header(fields, seq, seq * 10), packb({"a": seq})], lazy=True)
+        assert (msg.node, msg.src, msg.seq, msg.ts_ns) == ("alice", "pp", seq, seq * 10)
+        assert msg.header == {**fields, "seq": seq, "ts_ns": seq * 10}
+        assert msg.payload == {"a": seq}
+    assert len(dec.prefixes) == 1
+    # A header written by another msgpack encoder (small ints, other key order) is read in full.
+    foreign = packb({"ts_ns": 9, "seq": 3, "src": "x", "node": "bob", "schema": 1})
+    msg = dec.decode([T, foreign, packb({})], lazy=False)
+    assert (msg.node, msg.src, msg.seq, msg.ts_ns) == ("bob", "x", 3, 9)
+    assert len(dec.prefixes) == 1  # not the canonical layout: never cached
+    # Same node and src but another process's prefix bytes: a different cache entry.
+    other = encode_header({"schema": 1, "node": "alice", "src": "acq"}, 4, 4)
+    assert dec.decode([T, other, packb({})], lazy=True).src == "acq"
+
+
+def test_fast_path_still_rejects_bad_headers():
+    dec = _Decoder()
+    fields = {"schema": 1, "node": "alice", "src": "pp"}
+    dec.decode([T, encode_header(fields, 1, 1), packb({})], lazy=True)
+    good = encode_header(fields, 2, 2)
+    for bad in (
+        good[:-1],  # truncated
+        encode_header({"schema": 2, "node": "alice", "src": "pp"}, 2, 2),
+        encode_header({"schema": 1, "node": 5, "src": "pp"}, 2, 2),
+        b"\x85" + good[1:-23] + b"\x00" * 23,  # known prefix, tail of the wrong shape
+    ):
+        with pytest.raises(ValueError):
+            dec.decode([T, bad, packb({})], lazy=True)
+    with pytest.raises(ValueError):
+        decode_frames([b"qfs/telemetry/alice/link", good, packb({})])  # no trailing '/'
+
+
+def _raw_pub_and_sub(**kw):
+    ctx = zmq.Context()
+    raw = ctx.socket(zmq.PUB)
+    port = raw.bind_to_random_port("tcp://127.0.0.1")
+    sub = Subscriber(f"tcp://127.0.0.1:{port}", context=ctx, **kw)
+    for _ in range(100):  # slow joiner
+        raw.send_multipart([T, _plain_header(1), packb({"a": 0})])
+        if sub.recv(50):
+            break
+    else:
+        raise AssertionError("subscriber never connected")
+    return ctx, raw, sub
+
+
+def test_lazy_payload_counts_a_bad_payload_when_read():
+    ctx, raw, sub = _raw_pub_and_sub(lazy_payload=True)
+    raw.send_multipart([T, _plain_header(2), b"\x92\x01"])  # an array: refused on receipt
+    raw.send_multipart([T, _plain_header(3), b"\x81\xa1a"])  # a map, truncated: found on use
+    raw.send_multipart([T, _plain_header(4), packb({"a": 4})])
+    bad, good = sub.recv(1000), sub.recv(1000)
+    assert sub.stats.malformed == 1
+    assert (bad.seq, good.seq) == (3, 4)
+    with pytest.raises(MalformedMessage):
+        _ = bad.payload
+    with pytest.raises(MalformedMessage):
+        _ = bad.payload
+    assert sub.stats.malformed == 2  # counted once
+    assert good.payload == {"a": 4}
+    assert sub.stats.gaps == 1  # seq 2 was dropped
+    sub.close(), raw.close(), ctx.term()
+
+
+def test_frame_reading_stays_in_step_after_short_and_long_messages():
+    ctx, raw, sub = _raw_pub_and_sub()
+    raw.send(T)  # one frame
+    raw.send_multipart([T, _plain_header(2)])  # two frames
+    raw.send_multipart([T, _plain_header(3), packb({"a": 3}), b"extra"])  # four frames
+    raw.send_multipart([T, _plain_header(4), packb({"a": 4})])
+    msg = sub.recv(1000)
+    assert (msg.seq, msg.payload) == (4, {"a": 4})
+    assert sub.stats.malformed == 3 and sub.stats.gaps == 2
+    sub.close(), raw.close(), ctx.term()
+
+
+def test_recv_batch_drains_with_one_poll_and_counts_gaps():
+    ctx = zmq.Context()
+    pub = Publisher("tcp://127.0.0.1:0", "alice", "pp", connect=False, context=ctx)
+    sub = Subscriber(pub.endpoint, ["qfs/"], context=ctx, lazy_payload=True)
+    for _ in range(100):
+        pub.publish("qfs/telemetry/alice/probe/", {})
+        if sub.recv(50):
+            break
+    while sub.recv(50):
+        pass
+    first = pub.seq
+    for i in range(500):
+        if i == 100:
+            pub.seq += 7  # seven messages "lost"
+        pub.publish("qfs/telemetry/alice/link/", {"i": i})
+    got: list = []
+    while len(got) < 500 and (batch := sub.recv_batch(128, 1000)):
+        assert len(batch) <= 128
+        got.extend(batch)
+    assert [m.payload["i"] for m in got] == list(range(500))
+    assert got[0].seq == first + 1 and got[-1].seq == first + 507
+    assert sub.stats.gaps == 7 and sub.stats.malformed == 0
+    assert sub.recv_batch(10, 50) == []
+    sub.close(), pub.close(), ctx.term()
