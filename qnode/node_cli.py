@@ -208,6 +208,54 @@ def link_command(
         raise typer.Exit(1)
 
 
+def _watch_curve_keys(
+    server_key: str | None, key_dir: Path | None, client: str, secret_file: Path | None
+) -> tuple[bytes, bytes, bytes] | None:
+    """(public, secret, server public) for a CURVE subscriber, from ``qnode pki init`` files.
+
+    ``server_key`` is the server's ``NAME.key`` file, a name looked up as ``KEY_DIR/NAME.key``,
+    or the 40-character z85 key itself; the client pair is ``--curve-secret-file`` or
+    ``KEY_DIR/CLIENT.key_secret``.
+    """
+    if server_key is None and key_dir is None and secret_file is None:
+        return None
+    from controller.curve import load_key_pair, load_public_key
+
+    if server_key is None:
+        raise typer.BadParameter(
+            "CURVE needs the server's public key", param_hint="--curve-server-key"
+        )
+    if secret_file is None:
+        if key_dir is None:
+            raise typer.BadParameter(
+                "give --curve-key-dir DIR (with --curve-client NAME) or --curve-secret-file F",
+                param_hint="--curve-secret-file",
+            )
+        secret_file = key_dir / f"{client}.key_secret"
+    candidates = [Path(server_key)] + ([key_dir / f"{server_key}.key"] if key_dir else [])
+    if not secret_file.is_file():
+        raise typer.BadParameter(f"no CURVE key pair at {secret_file}", param_hint="CURVE keys")
+    try:
+        public, secret = load_key_pair(secret_file)
+        found = next((c for c in candidates if c.is_file()), None)
+        if found is not None:
+            server_public = load_public_key(found)
+        elif len(server_key) == 40:
+            server_public = server_key.encode("ascii")
+        else:
+            raise typer.BadParameter(
+                f"{server_key!r} is neither a key file, a name in the key directory nor a z85 key",
+                param_hint="--curve-server-key",
+            )
+    except (OSError, ValueError) as exc:
+        raise typer.BadParameter(str(exc), param_hint="CURVE keys") from exc
+    if server_public is None or len(server_public) != 40:
+        raise typer.BadParameter(
+            "no z85 public key in the server key", param_hint="--curve-server-key"
+        )
+    return public, secret, server_public
+
+
 def watch(
     endpoint: str = typer.Argument(..., help="A node's telemetry endpoint (tcp://host:port)."),
     topic_prefix: list[str] = typer.Option(None, "--topic", help="Topic prefix (repeatable)."),
@@ -215,15 +263,64 @@ def watch(
     snapshot: str | None = typer.Option(None, "--snapshot", help="Clone snapshot endpoint."),
     count: int = typer.Option(0, "--count", help="Stop after N messages (0 = never)."),
     duration: float = typer.Option(0.0, "--duration", help="Stop after S seconds (0 = never)."),
+    curve_server_key: str | None = typer.Option(
+        None,
+        "--curve-server-key",
+        help="CURVE: the server's NAME.key, a NAME in --curve-key-dir, or z85.",
+    ),
+    curve_key_dir: Path | None = typer.Option(
+        None, "--curve-key-dir", help="CURVE: a key directory (qnode pki init: PKI/curve)."
+    ),
+    curve_client: str = typer.Option(
+        "monitor", "--curve-client", help="CURVE: our key pair's NAME in --curve-key-dir."
+    ),
+    curve_secret_file: Path | None = typer.Option(
+        None, "--curve-secret-file", help="CURVE: our NAME.key_secret (instead of the key dir)."
+    ),
 ) -> None:
-    """Print a node's telemetry: a live rich table (latest per topic) or JSON lines."""
+    """Print a node's telemetry: a live rich table (latest per topic) or JSON lines.
+
+    With the CURVE options the subscriber (and the snapshot request) authenticates with a client
+    key pair; a server that refuses the key ends the command with exit code 2.
+    """
+    import zmq
     from rich.console import Console
     from rich.live import Live
     from rich.table import Table
+    from zmq.utils.monitor import recv_monitor_message
 
     from qnode.bus import Subscriber
 
-    sub = Subscriber(endpoint, topic_prefix or [""], snapshot_endpoint=snapshot)
+    curve = _watch_curve_keys(curve_server_key, curve_key_dir, curve_client, curve_secret_file)
+    sub = Subscriber(
+        endpoint, topic_prefix or [""], snapshot_endpoint=snapshot, curve_client_keys=curve
+    )
+    monitor = (
+        sub.socket.get_monitor_socket(
+            zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_SUCCEEDED
+        )
+        if curve
+        else None
+    )
+    t_hint = time.monotonic() + 5.0
+    handshaken = False
+
+    def check_curve() -> None:
+        """Exit on a refused key; hint once if no handshake succeeded after a few seconds."""
+        nonlocal handshaken, t_hint
+        while monitor is not None and monitor.poll(0):
+            event = recv_monitor_message(monitor)["event"]
+            if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                handshaken = True
+            elif event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+                sys.stderr.write(f"CURVE: {endpoint} refused our key (not an allowed client)\n")
+                raise typer.Exit(2)
+        if monitor is not None and not handshaken and time.monotonic() > t_hint:
+            t_hint = float("inf")
+            sys.stderr.write(
+                f"CURVE: no handshake with {endpoint} yet (wrong --curve-server-key?)\n"
+            )
+
     latest: dict[str, tuple[dict, dict]] = {}
     seen = 0
     t_end = time.monotonic() + duration if duration else None
@@ -263,12 +360,14 @@ def watch(
                     emit(msg)
         if json_lines:
             while not finished():
+                check_curve()
                 msg = sub.recv(200)
                 if msg is not None:
                     emit(msg)
         else:
             with Live(table(), console=Console(), refresh_per_second=4) as live:
                 while not finished():
+                    check_curve()
                     msg = sub.recv(200)
                     if msg is not None:
                         emit(msg)
@@ -276,6 +375,9 @@ def watch(
     except KeyboardInterrupt:
         pass
     finally:
+        if monitor is not None:
+            sub.socket.disable_monitor()
+            monitor.close(0)
         sub.close()
 
 
