@@ -116,3 +116,57 @@ def test_missing_or_bad_curve_options_are_refused(curve_hub, tmp_path):
         result = runner.invoke(app, base + extra)
         assert result.exit_code == 2, (extra, result.output)
         assert needle in " ".join(result.output.split()), (extra, result.output)
+
+
+def test_watch_through_controller_style_relay_with_roles(curve_hub):
+    """The controller's relay: a CURVE PUB in ZAP domain ``telemetry`` behind RoleAuthenticator."""
+    from controller.curve import Client, RoleAuthenticator, make_server
+    from qnode.bus import encode_header
+    from qnode.codec import packb
+
+    curve, _, _ = curve_hub
+    ctx = zmq.Context()
+    auth = RoleAuthenticator(
+        ctx,
+        {
+            load_public_key(curve / "monitor.key"): Client("monitor", "read"),
+            load_public_key(curve / "bob.key"): Client("bob", "kme"),  # not a telemetry role
+        },
+    )
+    auth.start()
+    relay = ctx.socket(zmq.PUB)
+    relay.linger = 0
+    make_server(relay, curve / "alice.key_secret", "telemetry")
+    port = relay.bind_to_random_port("tcp://127.0.0.1")
+    fields = {"schema": 1, "node": "alice", "src": "postprocess"}
+    seq = [0]
+
+    def run(*args: str) -> tuple:
+        cmd = [sys.executable, "-m", "qnode", "telemetry", "watch", f"tcp://127.0.0.1:{port}",
+               "--json", "--curve-key-dir", str(curve), "--curve-server-key", "alice", *args]  # fmt: skip
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 30
+        while proc.poll() is None and time.monotonic() < deadline:
+            seq[0] += 1
+            relay.send_multipart(
+                [b"qfs/telemetry/alice/link/", encode_header(fields, seq[0], time.time_ns()),
+                 packb({"qber": 0.01})]
+            )  # fmt: skip
+            time.sleep(0.05)
+        if proc.poll() is None:
+            proc.kill()
+        out, err = proc.communicate(timeout=10)
+        return proc.returncode, out, err
+
+    try:
+        code, out, err = run("--count", "2", "--duration", "25")
+        assert code == 0, err
+        assert [json.loads(line)["payload"] for line in out.splitlines()] == [{"qber": 0.01}] * 2
+        rejected = auth.rejected
+        code, out, err = run("--curve-client", "bob", "--duration", "6")
+        assert (code, out) == (2, ""), err
+        assert auth.rejected > rejected
+    finally:
+        relay.close()
+        auth.stop()
+        ctx.term()
