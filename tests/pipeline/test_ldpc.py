@@ -16,7 +16,7 @@ from pipeline.ldpc.construct import FAMILY, base_graph, build_code, lift_shifts
 from pipeline.ldpc.decoder import BatchDecoder
 from pipeline.ldpc.distributions import DISTRIBUTIONS
 from pipeline.ldpc.fastmath import phi
-from pipeline.ldpc.rate import CODE_MIN_F, FAMILY_CODES, binary_entropy, plan_frame
+from pipeline.ldpc.rate import FAMILY_CODES, binary_entropy, plan_frame, start_efficiency
 
 
 def small_code(dist: str = "blind_r0.5", n_b: int = 64, z: int = 64, seed: int = 3) -> QCCode:
@@ -190,7 +190,7 @@ def test_rate_plan_hits_target_efficiency(q):
     plan = plan_frame(q, f_target=1.08)
     code = plan.code
     f = plan.leaked(0) / (plan.key_bits * binary_entropy(max(q, 0.005)))
-    want = max(1.08, CODE_MIN_F.get(plan.code_name.split("_n")[0], 1.0))
+    want = start_efficiency(plan.code_name, code.n, 1.08)
     assert abs(f - want) < 0.002, f"plan f={f}, wanted {want}"
     assert plan.punctured <= 0.1 * code.n and plan.shortened <= 0.6 * code.n
     assert plan.punctured >= plan.max_reveals * plan.reveal_step  # blind rounds reveal punctured
