@@ -217,9 +217,18 @@ class _Decoder:
         """Decode ``[topic, header, payload]``; raise ValueError (MalformedMessage/CodecError)."""
         if len(frames) != 3:
             raise MalformedMessage(f"expected 3 frames, got {len(frames)}")
-        topic_text = self.topic(frames[0])
-        base, key, seq, ts_ns = self.header(frames[1])
-        raw = frames[2]
+        raw_topic, head, raw = frames
+        topic_text = self.topics.get(raw_topic)
+        if topic_text is None:
+            topic_text = self.topic(raw_topic)
+        # Fast path inlined (see header()); a cached prefix is never empty, so a match means
+        # len(head) == len(prefix) + 23.
+        known = self.prefixes.get(head[:-23])
+        if known is not None and head[-15:-8] == _TS_KEY:
+            base, key = known
+            seq, ts_ns = _TAIL.unpack_from(head, len(head) - 23)
+        else:
+            base, key, seq, ts_ns = self.header(head)
         if lazy:
             if not raw or raw[0] not in _MAP_FIRST:
                 raise MalformedMessage("payload is not a map")
@@ -337,7 +346,7 @@ class Subscriber:
         self.stats = _Stats()
         self._floor: dict[tuple[str, str], int] = {}
         self._decoder = _Decoder()
-        self._recv1, self._more = self._sock.recv, self._sock.getsockopt
+        self._recv1 = self._sock.recv
 
     @property
     def socket(self) -> zmq.Socket:
@@ -367,14 +376,22 @@ class Subscriber:
     def _frames(self) -> list[bytes]:
         """One whole message without blocking (raise zmq.Again if none is queued).
 
-        Three ``recv`` calls with a RCVMORE check after each: a few µs cheaper per message than
-        ``recv_multipart``; ZeroMQ delivers a multipart message atomically, so once the first
-        frame is there the rest is too.
+        ``recv(copy=False)`` and the frame's ``more`` flag: measured a few µs cheaper per message
+        than ``recv_multipart`` (which asks the socket for RCVMORE after every frame); ZeroMQ
+        delivers a multipart message atomically, so once the first frame is there the rest is too.
         """
-        recv, more = self._recv1, self._more
-        frames = [recv(zmq.NOBLOCK)]
-        while more(zmq.RCVMORE):
-            frames.append(recv(zmq.NOBLOCK))
+        recv, nb = self._recv1, zmq.NOBLOCK
+        a = recv(nb, copy=False)
+        if not a.more:
+            return [a.bytes]
+        b = recv(nb, copy=False)
+        if not b.more:
+            return [a.bytes, b.bytes]
+        c = recv(nb, copy=False)
+        frames = [a.bytes, b.bytes, c.bytes]
+        while c.more:  # too many frames: read them all, the decoder counts it as malformed
+            c = recv(nb, copy=False)
+            frames.append(c.bytes)
         return frames
 
     def _take(self, frames: list[bytes]) -> BusMessage | None:
