@@ -541,16 +541,27 @@ class TelemetryHub:
         poller.register(self._xpub, zmq.POLLIN)
         while not self._stop.is_set():
             for sock, _ in poller.poll(100):
-                frames = sock.recv_multipart()
                 if sock is self._xpub:  # subscriptions flow upstream to the publishers
-                    self._xsub.send_multipart(frames)
+                    self._xsub.send_multipart(self._xpub.recv_multipart())
                     continue
-                self._xpub.send_multipart(frames)
-                if len(frames) == 3:
-                    with self._lock:
-                        self._cache[bytes(frames[0])] = frames
+                self._forward_queued()
         for sock in (self._xsub, self._xpub):
             sock.close(0)
+
+    def _forward_queued(self, limit: int = 1000) -> None:
+        """Forward what the XSUB has queued (up to ``limit``, no polling) and cache it."""
+        xsub, xpub, latest = self._xsub, self._xpub, {}
+        for _ in range(limit):
+            try:
+                frames = xsub.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            xpub.send_multipart(frames)
+            if len(frames) == 3:
+                latest[frames[0]] = frames
+        if latest:
+            with self._lock:  # one lock per batch; the last message per topic wins
+                self._cache.update(latest)
 
     def _snapshot_loop(self) -> None:
         while not self._stop.is_set():

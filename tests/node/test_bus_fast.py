@@ -134,3 +134,33 @@ def test_recv_batch_drains_with_one_poll_and_counts_gaps():
     assert sub.stats.gaps == 7 and sub.stats.malformed == 0
     assert sub.recv_batch(10, 50) == []
     sub.close(), pub.close(), ctx.term()
+
+
+def test_hub_forwards_bursts_in_order_and_caches_the_last_per_topic():
+    from qnode.bus import TelemetryHub
+
+    ctx = zmq.Context()
+    hub = TelemetryHub("inproc://fast-hub", "tcp://127.0.0.1:*", "tcp://127.0.0.1:*", context=ctx)
+    pub = Publisher(hub.internal, "alice", "pp", context=ctx)
+    sub = Subscriber(hub.public, ["qfs/"], context=ctx, snapshot_endpoint=hub.snapshot)
+    for _ in range(100):
+        pub.publish("qfs/telemetry/alice/probe/", {})
+        if sub.recv(50):
+            break
+    while sub.recv(50):
+        pass
+    topics = [f"qfs/telemetry/alice/t{i}/" for i in range(5)]
+    last = {}
+    for i in range(2000):
+        last[topics[i % 5]] = pub.publish(topics[i % 5], {"i": i})
+    got = []
+    while len(got) < 2000 and (msg := sub.recv(2000)) is not None:
+        got.append(msg)
+    assert [m.payload["i"] for m in got] == list(range(2000))
+    assert sub.stats.gaps == 0
+    late = Subscriber(
+        hub.public, ["qfs/telemetry/alice/t"], context=ctx, snapshot_endpoint=hub.snapshot
+    )
+    snap = {m.topic: m.seq for m in late.snapshot("qfs/telemetry/alice/t")}
+    assert snap == last
+    late.close(), sub.close(), pub.close(), hub.close()
