@@ -23,6 +23,7 @@ import shutil
 import tempfile
 import time
 
+import numba
 import numpy as np
 import zmq
 import zmq.asyncio
@@ -143,7 +144,15 @@ class World:
             if n <= 0:
                 return False
         first = self.current_slot
-        det = sim.simulate(first, n)
+        # One numba thread: the world shares the machine with both nodes' processes, and a
+        # parallel pass then waits for a worker thread to be scheduled (measured under load,
+        # snspd 10 km: 33-46 M slots/s on 2 threads, 104 M slots/s on 1).
+        threads = numba.get_num_threads()
+        numba.set_num_threads(1)
+        try:
+            det = sim.simulate(first, n)
+        finally:
+            numba.set_num_threads(threads)
         armed = np.array([False, *self.detector.armed()])
         channel, time_ps = det.channel, det.time_ps
         if not armed[1:].all():
