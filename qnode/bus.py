@@ -21,8 +21,6 @@ handler (pyzmq's ThreadAuthenticator) then admits only listed clients.
 
 from __future__ import annotations
 
-import re
-import struct
 import threading
 import time
 from collections.abc import Iterable
@@ -31,43 +29,28 @@ from typing import Any
 
 import zmq
 
-from qnode.codec import CodecError, packb, unpackb
+from qnode.bus_wire import (  # noqa: F401  (re-exported: the bus's public names)
+    _CACHE_MAX,
+    _PUB_TAIL,
+    _SEGMENT,
+    _TS_KEY,
+    PLANES,
+    SCHEMA,
+    STRATA,
+    BusMessage,
+    MalformedMessage,
+    TopicError,
+    _Decoder,
+    _header_prefix,
+    decode_frames,
+    encode_header,
+    parse_topic,
+    topic,
+)
+from qnode.codec import packb
 
-SCHEMA = 1
-STRATA = ("con", "qfs", "svc")
-PLANES = ("telemetry", "resource", "control", "mgmt")
-_SEGMENT = re.compile(r"^[A-Za-z0-9_.\-]+$")
 _SNAPSHOT_REQUEST = b"ICANHAZ?"
 _SNAPSHOT_END = b"KTHXBAI"
-
-
-class TopicError(ValueError):
-    """A topic that does not follow ``<stratum>/<plane>/<node>/<object>/``."""
-
-
-def topic(stratum: str, plane: str, node: str, obj: str) -> str:
-    """Build and validate a topic; ``obj`` may have several segments (``link/block``)."""
-    if stratum not in STRATA:
-        raise TopicError(f"stratum {stratum!r} not in {STRATA}")
-    if plane not in PLANES:
-        raise TopicError(f"plane {plane!r} not in {PLANES}")
-    parts = [node, *obj.strip("/").split("/")]
-    for part in parts:
-        if not _SEGMENT.match(part):
-            raise TopicError(f"bad topic segment {part!r}")
-    return f"{stratum}/{plane}/{'/'.join(parts)}/"
-
-
-def parse_topic(text: str) -> tuple[str, str, str, str]:
-    """(stratum, plane, node, object) of a topic; raise TopicError if malformed."""
-    if not text.endswith("/"):
-        raise TopicError(f"topic {text!r} does not end with '/'")
-    parts = text[:-1].split("/")
-    if len(parts) < 4:
-        raise TopicError(f"topic {text!r} has fewer than four segments")
-    stratum, plane, node, *obj = parts
-    topic(stratum, plane, node, "/".join(obj))
-    return stratum, plane, node, "/".join(obj)
 
 
 def _apply_curve_client(sock: zmq.Socket, keys: tuple[bytes, bytes, bytes] | None) -> None:
@@ -81,169 +64,6 @@ def _apply_curve_server(sock: zmq.Socket, keys: tuple[bytes, bytes] | None) -> N
     if keys:
         sock.curve_publickey, sock.curve_secretkey = keys
         sock.curve_server = True
-
-
-class MalformedMessage(ValueError):
-    """A message that breaks the wire format (docs/telemetry.md); counted and dropped."""
-
-
-class BusMessage:
-    """One telemetry message: ``topic``, ``header`` and ``payload`` (dicts, built on first use).
-
-    The subscriber fills ``node``, ``src``, ``seq`` and ``ts_ns`` from the header's fast path and
-    keeps the payload as msgpack bytes until someone reads :attr:`payload` (lazy mode only).
-    """
-
-    __slots__ = ("topic", "node", "src", "seq", "ts_ns", "_base", "_header", "_raw", "_payload",
-                 "_on_bad")  # fmt: skip
-
-    def __init__(self, topic: str, header: dict[str, Any], payload: dict[str, Any]) -> None:
-        self.topic = topic
-        self.node, self.src = header["node"], str(header.get("src", ""))
-        self.seq, self.ts_ns = header["seq"], header["ts_ns"]
-        self._base = None
-        self._header: dict[str, Any] | None = header
-        self._raw: bytes | None = None
-        self._payload: dict[str, Any] | None = payload
-        self._on_bad: Any = None
-
-    @classmethod
-    def _lazy(cls, topic: str, base: dict[str, Any], key: tuple[str, str], seq: int, ts_ns: int,
-              raw: bytes, on_bad: Any) -> BusMessage:  # fmt: skip
-        msg = cls.__new__(cls)
-        msg.topic, (msg.node, msg.src), msg.seq, msg.ts_ns = topic, key, seq, ts_ns
-        msg._base, msg._header, msg._raw, msg._payload, msg._on_bad = base, None, raw, None, on_bad
-        return msg
-
-    @property
-    def header(self) -> dict[str, Any]:
-        if self._header is None:
-            self._header = {**self._base, "seq": self.seq, "ts_ns": self.ts_ns}
-        return self._header
-
-    @property
-    def payload(self) -> dict[str, Any]:
-        """The payload map; in lazy mode decoded now (MalformedMessage, counted, if it is bad)."""
-        if self._payload is None:
-            try:
-                payload = unpackb(self._raw)
-                if not isinstance(payload, dict):
-                    raise CodecError("payload is not a map")
-            except CodecError as exc:
-                if self._on_bad is not None:
-                    self._on_bad()
-                    self._on_bad = None  # count it once
-                raise MalformedMessage(f"{self.topic}: {exc}") from exc
-            self._payload, self._raw = payload, None
-        return self._payload
-
-    def __repr__(self) -> str:
-        return f"BusMessage({self.topic!r}, seq={self.seq}, node={self.node!r}, src={self.src!r})"
-
-
-# -- header wire layout ------------------------------------------------------------------------
-# qnode's publisher writes the header map as its fixed fields followed by ``seq`` and ``ts_ns``,
-# both as msgpack uint64 (0xcf): a valid msgpack map that any decoder reads, and whose last 23
-# bytes a subscriber can read with one struct call once it has seen the prefix before.
-_SEQ_KEY = b"\xa3seq\xcf"
-_TS_KEY = b"\xa5ts_ns\xcf"
-_TAIL = struct.Struct(">Q7xQ")  # seq, b"\xa5ts_ns\xcf", ts_ns
-_PUB_TAIL = struct.Struct(">Q7sQ")
-_MAP_FIRST = frozenset([*range(0x80, 0x90), 0xDE, 0xDF])
-_CACHE_MAX = 4096
-
-
-def _header_prefix(fields: dict[str, Any]) -> bytes:
-    """Canonical header bytes up to the ``seq`` value: map marker, ``fields``, ``seq`` key."""
-    count = len(fields) + 2
-    marker = bytes([0x80 | count]) if count < 16 else b"\xde" + count.to_bytes(2, "big")
-    return marker + b"".join(packb(k) + packb(v) for k, v in fields.items()) + _SEQ_KEY
-
-
-def encode_header(fields: dict[str, Any], seq: int, ts_ns: int) -> bytes:
-    """The header as qnode's publisher sends it (``fields`` then ``seq`` and ``ts_ns``)."""
-    return _header_prefix(fields) + _PUB_TAIL.pack(seq, _TS_KEY, ts_ns)
-
-
-class _Decoder:
-    """Validate and decode frames, with caches of known topics and known header prefixes."""
-
-    def __init__(self) -> None:
-        self.topics: dict[bytes, str] = {}
-        self.prefixes: dict[bytes, tuple[dict[str, Any], tuple[str, str]]] = {}
-
-    def topic(self, raw: bytes) -> str:
-        text = self.topics.get(raw)
-        if text is None:
-            try:
-                text = raw.decode()
-            except UnicodeDecodeError as exc:
-                raise MalformedMessage("topic is not UTF-8") from exc
-            parse_topic(text)
-            if len(self.topics) >= _CACHE_MAX:
-                self.topics.clear()
-            self.topics[raw] = text
-        return text
-
-    def header(self, raw: bytes) -> tuple[dict[str, Any], tuple[str, str], int, int]:
-        """(fields other than seq/ts_ns, (node, src), seq, ts_ns) of a header."""
-        n = len(raw)
-        if n > 23 and raw[-15:-8] == _TS_KEY:
-            known = self.prefixes.get(raw[:-23])
-            if known is not None:
-                seq, ts_ns = _TAIL.unpack_from(raw, n - 23)
-                return known[0], known[1], seq, ts_ns
-        header = unpackb(raw)
-        if not isinstance(header, dict) or header.get("schema") != SCHEMA:
-            raise MalformedMessage("header is not a schema-1 map")
-        for name, kind in (("node", str), ("seq", int), ("ts_ns", int)):
-            if not isinstance(header.get(name), kind):
-                raise MalformedMessage(f"header field {name!r} missing or of the wrong type")
-        base = {k: v for k, v in header.items() if k not in ("seq", "ts_ns")}
-        key = (header["node"], str(header.get("src", "")))
-        prefix = raw[:-23]
-        if (
-            n > 23
-            and 0 <= header["seq"] < 1 << 64
-            and 0 <= header["ts_ns"] < 1 << 64
-            and raw == encode_header(base, header["seq"], header["ts_ns"])
-        ):  # our canonical layout: later headers with this prefix take the fast path
-            if len(self.prefixes) >= _CACHE_MAX:
-                self.prefixes.clear()
-            self.prefixes[prefix] = (base, key)
-        return base, key, header["seq"], header["ts_ns"]
-
-    def decode(self, frames: list[bytes], lazy: bool, on_bad: Any = None) -> BusMessage:
-        """Decode ``[topic, header, payload]``; raise ValueError (MalformedMessage/CodecError)."""
-        if len(frames) != 3:
-            raise MalformedMessage(f"expected 3 frames, got {len(frames)}")
-        raw_topic, head, raw = frames
-        topic_text = self.topics.get(raw_topic)
-        if topic_text is None:
-            topic_text = self.topic(raw_topic)
-        # Fast path inlined (see header()); a cached prefix is never empty, so a match means
-        # len(head) == len(prefix) + 23.
-        known = self.prefixes.get(head[:-23])
-        if known is not None and head[-15:-8] == _TS_KEY:
-            base, key = known
-            seq, ts_ns = _TAIL.unpack_from(head, len(head) - 23)
-        else:
-            base, key, seq, ts_ns = self.header(head)
-        if lazy:
-            if not raw or raw[0] not in _MAP_FIRST:
-                raise MalformedMessage("payload is not a map")
-            return BusMessage._lazy(topic_text, base, key, seq, ts_ns, raw, on_bad)
-        payload = unpackb(raw)
-        if not isinstance(payload, dict):
-            raise MalformedMessage("payload is not a map")
-        msg = BusMessage._lazy(topic_text, base, key, seq, ts_ns, None, None)
-        msg._payload = payload
-        return msg
-
-
-def decode_frames(frames: list[bytes]) -> BusMessage:
-    """Decode ``[topic, header, payload]``; raise ValueError (CodecError/TopicError) if malformed."""
-    return _Decoder().decode([bytes(f) for f in frames], lazy=False)
 
 
 class Publisher:
