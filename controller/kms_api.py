@@ -11,6 +11,7 @@ strings of §1.4 where the spec gives one).
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import threading
 import uuid
@@ -19,13 +20,13 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from controller.config import KmsConfig
 from controller.keypool import Key, KeyPool, PoolError
 from controller.kme_link import PeerKmeClient
-from controller.kms_models import Error, KeyContainer, KeyIDs, KeyItem, KeyRequest, Status
+from controller.kms_models import Error, KeyContainer, KeyIDs, KeyRequest, Status
 
 log = logging.getLogger("qnode.controller.kms")
 
@@ -84,7 +85,7 @@ class KmsService:
             max_SAE_ID_count=0,
         )
 
-    async def enc_keys(self, requester: str, slave: str, req: KeyRequest) -> KeyContainer:
+    async def enc_keys(self, requester: str, slave: str, req: KeyRequest) -> list[Key]:
         """Validate against the advertised limits, then cut keys in the pool's next group
         commit (awaited, so the event loop serves other SAEs meanwhile)."""
         self.check_peer_sae(slave, "slave")
@@ -118,9 +119,9 @@ class KmsService:
         log.debug(
             "enc_keys: %d keys of %d bits issued to %s for %s", len(keys), size, requester, slave
         )
-        return KeyContainer(keys=[KeyItem(key_ID=k.key_id, key=k.b64) for k in keys])
+        return keys
 
-    def dec_keys(self, requester: str, master: str, key_ids: list[str]) -> KeyContainer:
+    def dec_keys(self, requester: str, master: str, key_ids: list[str]) -> list[Key]:
         self.check_peer_sae(master, "master")
         if not key_ids:
             raise KmsError(400, "key_IDs shall contain at least one key_ID")
@@ -142,7 +143,19 @@ class KmsService:
         keys = self.pool.deliver(requester, master, key_ids, records)
         self._account(master, requester, keys)
         log.debug("dec_keys: %d keys delivered to %s (master %s)", len(keys), requester, master)
-        return KeyContainer(keys=[KeyItem(key_ID=k.key_id, key=k.b64) for k in keys])
+        return keys
+
+
+def key_container(keys: list[Key]) -> Response:
+    """A Key container (Table 11) as a ready JSON response.
+
+    The same document ``KeyContainer`` describes (``exclude_none``: ``keys`` of ``key_ID`` and
+    ``key``), encoded directly: the keys come from the pool, not from the client, so validating
+    them again through pydantic on every request only costs CPU. The routes keep
+    ``response_model=KeyContainer`` for the OpenAPI document.
+    """
+    body = json.dumps({"keys": [{"key_ID": k.key_id, "key": k.b64} for k in keys]})
+    return Response(body.encode(), media_type="application/json")
 
 
 async def sae_identity(request: Request) -> str:
@@ -184,9 +197,9 @@ async def post_enc_keys(
     sae: SaeId,
     kms: Service,
     body: Annotated[KeyRequest | None, Body()] = None,
-) -> KeyContainer:
+) -> Response:
     """Get key: new keys for the calling master SAE to share with ``slave_SAE_ID``."""
-    return await kms.enc_keys(sae, slave_SAE_ID, body or KeyRequest())
+    return key_container(await kms.enc_keys(sae, slave_SAE_ID, body or KeyRequest()))
 
 
 @enc_router.get(
@@ -198,9 +211,11 @@ async def get_enc_keys(
     kms: Service,
     number: Annotated[int | None, Query()] = None,
     size: Annotated[int | None, Query()] = None,
-) -> KeyContainer:
+) -> Response:
     """Get key, simple GET form (``?number=&size=`` only)."""
-    return await kms.enc_keys(sae, slave_SAE_ID, KeyRequest(number=number, size=size))
+    return key_container(
+        await kms.enc_keys(sae, slave_SAE_ID, KeyRequest(number=number, size=size))
+    )
 
 
 @dec_router.post(
@@ -208,9 +223,9 @@ async def get_enc_keys(
 )
 def post_dec_keys(
     master_SAE_ID: str, sae: SaeId, kms: Service, body: Annotated[KeyIDs, Body()]
-) -> KeyContainer:
+) -> Response:
     """Get key with key IDs: the keys a master SAE obtained for the calling slave SAE."""
-    return kms.dec_keys(sae, master_SAE_ID, [item.key_ID for item in body.key_IDs])
+    return key_container(kms.dec_keys(sae, master_SAE_ID, [item.key_ID for item in body.key_IDs]))
 
 
 @dec_router.get(
@@ -218,9 +233,9 @@ def post_dec_keys(
 )
 def get_dec_keys(
     master_SAE_ID: str, sae: SaeId, kms: Service, key_ID: Annotated[str, Query()]
-) -> KeyContainer:
+) -> Response:
     """Get key with key IDs, simple GET form for a single ``?key_ID=``."""
-    return kms.dec_keys(sae, master_SAE_ID, [key_ID])
+    return key_container(kms.dec_keys(sae, master_SAE_ID, [key_ID]))
 
 
 def _error(status: int, message: str, details: list[dict] | None = None) -> JSONResponse:

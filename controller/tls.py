@@ -102,6 +102,8 @@ def mtls_uvicorn_config(
         lifespan="off",
         log_level=kwargs.pop("log_level", "warning"),
         access_log=False,
+        # SAEs connect directly: X-Forwarded-* headers are never trusted (and not parsed).
+        proxy_headers=False,
         **kwargs,
     )
 
