@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import threading
 import uuid
 from collections import defaultdict
@@ -244,8 +245,80 @@ def _error(status: int, message: str, details: list[dict] | None = None) -> JSON
     )
 
 
-def create_kms_app(service: KmsService) -> FastAPI:
-    """The ETSI 014 ASGI app; serve it with ``controller.tls.kms_uvicorn_config``."""
+_ENC_KEYS_PATH = re.compile(r"/api/v1/keys/([^/]+)/enc_keys")
+
+
+class KmsApp:
+    """The FastAPI app behind a fast path for its hot request, ``POST .../enc_keys``.
+
+    A well-formed POST with a JSON object body that validates as ``KeyRequest``, from a
+    registered SAE, is answered here with the same service call, the same checks and the same
+    documents as the FastAPI route, without FastAPI's middleware, routing and dependency layers
+    (about a third of the KME's CPU per request). Everything else, including any request the
+    fast path cannot parse, goes to FastAPI unchanged (the body already read is replayed), so
+    error handling stays in one place. ``state``, ``openapi`` etc. are the FastAPI app's.
+    """
+
+    def __init__(self, app: FastAPI, service: KmsService) -> None:
+        self.app, self.service = app, service
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.app, name)
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        match = None
+        if scope["type"] == "http" and scope["method"] == "POST":
+            match = _ENC_KEYS_PATH.fullmatch(scope["path"])
+        if match is None or not _is_json(scope):
+            return await self.app(scope, receive, send)
+        chunks, message = [], {"type": "http.request", "more_body": True}
+        while message.get("more_body", False):
+            message = await receive()
+            if message["type"] != "http.request":  # client went away: let FastAPI see it
+                return await self.app(scope, _replay(chunks, message, receive), send)
+            chunks.append(message.get("body", b""))
+        body = b"".join(chunks)
+        sae = scope.get("state", {}).get("tls_client_cn")
+        try:
+            data = json.loads(body) if body else None
+            req = KeyRequest.model_validate(data) if isinstance(data, dict) else None
+        except ValueError:  # JSON or pydantic error: FastAPI phrases the 400
+            req = None
+        if req is None or not sae or sae not in self.service.cfg.local_saes:
+            return await self.app(scope, _replay([body], None, receive), send)
+        try:
+            response = key_container(await self.service.enc_keys(sae, match.group(1), req))
+        except KmsError as exc:
+            response = _error(exc.status, exc.message, exc.details)
+        except PoolError as exc:
+            response = _error(exc.http_status, str(exc))
+        except Exception as exc:
+            log.error("KME internal error: %s", type(exc).__name__)
+            response = _error(503, "key data access error")
+        await response(scope, receive, send)
+
+
+def _is_json(scope: dict) -> bool:
+    for name, value in scope["headers"]:
+        if name == b"content-type":
+            return value.split(b";", 1)[0].strip().lower() == b"application/json"
+    return False
+
+
+def _replay(chunks: list[bytes], last: dict | None, receive: Any) -> Any:
+    """An ASGI ``receive`` that first hands back the body already read, then defers."""
+    pending = [{"type": "http.request", "body": b"".join(chunks), "more_body": False}]
+    if last is not None:
+        pending = [pending[0] | {"more_body": True}, last] if chunks else [last]
+
+    async def replay() -> dict:
+        return pending.pop(0) if pending else await receive()
+
+    return replay
+
+
+def create_kms_app(service: KmsService) -> KmsApp:
+    """The ETSI 014 ASGI app; serve it with ``controller.tls.mtls_uvicorn_config``."""
     app = FastAPI(
         title=f"qnode KME {service.cfg.kme_id}: ETSI GS QKD 014 V1.1.1 key delivery",
         version="1.1.1",
@@ -282,4 +355,4 @@ def create_kms_app(service: KmsService) -> FastAPI:
         log.error("KME internal error: %s", type(exc).__name__)
         return _error(503, "key data access error")
 
-    return app
+    return KmsApp(app, service)
