@@ -186,6 +186,9 @@ class KeyPool:
         self._ops: queue.SimpleQueue[tuple[Callable[[sqlite3.Connection], Any], Future] | None]
         self._ops = queue.SimpleQueue()
         self._writer: threading.Thread | None = None
+        # Writer thread only: our share's blocks as [block_id, total, used], read once per group
+        # commit (nobody else can write inside its BEGIN IMMEDIATE) and advanced by each _issue.
+        self._batch_blocks: list[list[Any]] | None = None
 
     # -- connections -------------------------------------------------------------------------
     def _conn(self) -> sqlite3.Connection:
@@ -244,6 +247,7 @@ class KeyPool:
                     break
                 batch.append(nxt)
             outcomes: list[tuple[Future, Any, BaseException | None]] = []
+            self._batch_blocks = None
             try:
                 conn.execute("BEGIN IMMEDIATE")
                 for op, done in batch:
@@ -259,11 +263,13 @@ class KeyPool:
                         outcomes.append((done, result, None))
                 conn.execute("COMMIT")
             except Exception as exc:  # the whole batch failed to commit: nobody gets keys
+                self._batch_blocks = None
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
                 for _, done in batch:
                     done.set_exception(exc)
                 continue
+            self._batch_blocks = None
             for done, result, error in outcomes:
                 if error is not None:
                     done.set_exception(error)
@@ -321,14 +327,23 @@ class KeyPool:
         self, conn: sqlite3.Connection, master_sae: str, slave_sae: str, number: int, size: int
     ) -> list[Key]:
         now = time.time_ns()
-        # Runs inside the writer's transaction, in this request's own savepoint.
+        # Runs inside the writer's transaction, in this request's own savepoint. The block list
+        # is read once per transaction; it is advanced only after this request's SQL succeeded,
+        # so a request rolled back to its savepoint leaves it as the database is.
+        if self._batch_blocks is None:
+            self._batch_blocks = [list(b) for b in self._share_blocks(conn, 1)]
         cuts: list[tuple[str, int]] = []
         cursor_updates: dict[str, int] = {}
-        for block_id, total, used in self._share_blocks(conn, size):
+        touched: list[list[Any]] = []
+        for entry in self._batch_blocks:
+            block_id, total, used = entry
+            if total - used < size:
+                continue
             while used + size <= total and len(cuts) < number:
                 cuts.append((block_id, used))
                 used += size
             cursor_updates[block_id] = used
+            touched.append(entry)
             if len(cuts) == number:
                 break
         if len(cuts) < number:
@@ -349,6 +364,8 @@ class KeyPool:
             "ON CONFLICT(block_id) DO UPDATE SET used_bytes = excluded.used_bytes",
             list(cursor_updates.items()),
         )
+        for entry in touched:
+            entry[2] = cursor_updates[entry[0]]
         return keys
 
     @staticmethod
