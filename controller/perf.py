@@ -223,7 +223,8 @@ def kms_row(quick: bool = False, clients: int = 16, keys_per_request: int = 1) -
     duration_s = 3.0 if quick else 10.0
     with tempfile.TemporaryDirectory(prefix="qnode-kms-perf-") as tmp_s:
         tmp = Path(tmp_s)
-        env, procs = _start_kmes(tmp, n_keys=int(6000 * duration_s))
+        # Enough material never to run dry (a dry pool would cut the run short with 503s).
+        env, procs = _start_kmes(tmp, n_keys=int(max(6000, 2500 * keys_per_request) * duration_s))
         try:
             pki, ready = env["pki"], env["ready"]
             split = urlsplit(ready["alice"]["kms"])
