@@ -350,15 +350,26 @@ class KeyPool:
             raise InsufficientKeys(
                 f"insufficient key material: {len(cuts)} of {number} keys of {size * 8} bits"
             )
+        # The cuts from one block are consecutive: read each block's run once.
+        first: dict[str, int] = {}
+        for block_id, offset in cuts:
+            first.setdefault(block_id, offset)
+        runs = {
+            block_id: self._read(conn, block_id, start, cursor_updates[block_id] - start)
+            for block_id, start in first.items()
+        }
         keys: list[Key] = []
+        rows = []
         for block_id, offset in cuts:
             key_id = derive_key_id(block_id, offset, size)
-            conn.execute(
-                "INSERT INTO kms_issued (key_id, block_id, offset_bytes, size_bytes, "
-                "master_sae, slave_sae, issued_ns) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (key_id, block_id, offset, size, master_sae, slave_sae, now),
-            )
-            keys.append(Key(key_id, self._read(conn, block_id, offset, size)))
+            rows.append((key_id, block_id, offset, size, master_sae, slave_sae, now))
+            at = offset - first[block_id]
+            keys.append(Key(key_id, runs[block_id][at : at + size]))
+        conn.executemany(
+            "INSERT INTO kms_issued (key_id, block_id, offset_bytes, size_bytes, "
+            "master_sae, slave_sae, issued_ns) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            rows,
+        )
         conn.executemany(
             "INSERT INTO kms_block_use (block_id, used_bytes) VALUES (?, ?) "
             "ON CONFLICT(block_id) DO UPDATE SET used_bytes = excluded.used_bytes",
