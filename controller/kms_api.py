@@ -5,7 +5,8 @@ Three resources, one router each (FastAPI "bigger applications"):
 ``GET|POST /api/v1/keys/{master_SAE_ID}/dec_keys``. The calling SAE is identified by the CN of
 its TLS client certificate (``controller.tls``), never by anything in the request. Errors are the
 spec's codes (400, 401, 503) and always carry an Error body with ``message`` (the normative
-strings of §1.4 where the spec gives one).
+strings of §1.4 where the spec gives one). The hot request, a well-formed ``POST enc_keys``,
+is answered by ``KmsApp`` in front of FastAPI with the same service call (see its docstring).
 """
 
 from __future__ import annotations

@@ -7,9 +7,12 @@
   machine's load, CPU time much less), and latency at a paced 10 k msg/s (``p50_ms``/``p99_ms``
   from the header's ``ts_ns``, payload decoded).
 - ``kms``: a real ``qnode controller`` process per KME (Alice, Bob) over mutual TLS with the
-  certificates of ``qnode pki init``; 16 client threads call ``enc_keys`` for 256-bit keys;
+  certificates of ``qnode pki init``; 16 client threads, each one keep-alive ``http.client``
+  connection (one TLS handshake, as a real SAE), call ``enc_keys`` for 256-bit keys;
   every key ID and key is checked unique (``duplicates`` must be 0) and a sample is fetched
-  from Bob's KME with ``dec_keys`` and compared (``mismatches`` must be 0).
+  from Bob's KME with ``dec_keys`` and compared (``mismatches`` must be 0). CPU per request of
+  Alice's KME process and of the clients (``server_cpu_ms_per_req``, ``client_cpu_ms_per_req``)
+  stay meaningful on a loaded machine, where the wall-clock figures do not.
 """
 
 from __future__ import annotations
