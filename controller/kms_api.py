@@ -246,6 +246,7 @@ def _error(status: int, message: str, details: list[dict] | None = None) -> JSON
     )
 
 
+FAST_PATH_MAX_BODY = 64 * 1024  # bytes the fast path buffers before leaving a body to FastAPI
 _ENC_KEYS_PATH = re.compile(r"/api/v1/keys/([^/]+)/enc_keys")
 
 
@@ -272,12 +273,16 @@ class KmsApp:
             match = _ENC_KEYS_PATH.fullmatch(scope["path"])
         if match is None or not _is_json(scope):
             return await self.app(scope, receive, send)
-        chunks, message = [], {"type": "http.request", "more_body": True}
-        while message.get("more_body", False):
+        chunks, size, more = [], 0, True
+        while more:
             message = await receive()
             if message["type"] != "http.request":  # client went away: let FastAPI see it
-                return await self.app(scope, _replay(chunks, message, receive), send)
+                return await self.app(scope, _replay(chunks, True, receive, message), send)
             chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            more = message.get("more_body", False)
+            if more and size > FAST_PATH_MAX_BODY:  # no key request is this big: FastAPI's
+                return await self.app(scope, _replay(chunks, True, receive), send)
         body = b"".join(chunks)
         sae = scope.get("state", {}).get("tls_client_cn")
         try:
@@ -286,7 +291,7 @@ class KmsApp:
         except ValueError:  # JSON or pydantic error: FastAPI phrases the 400
             req = None
         if req is None or not sae or sae not in self.service.cfg.local_saes:
-            return await self.app(scope, _replay([body], None, receive), send)
+            return await self.app(scope, _replay([body], False, receive), send)
         try:
             response = key_container(await self.service.enc_keys(sae, match.group(1), req))
         except KmsError as exc:
@@ -306,11 +311,12 @@ def _is_json(scope: dict) -> bool:
     return False
 
 
-def _replay(chunks: list[bytes], last: dict | None, receive: Any) -> Any:
-    """An ASGI ``receive`` that first hands back the body already read, then defers."""
-    pending = [{"type": "http.request", "body": b"".join(chunks), "more_body": False}]
+def _replay(chunks: list[bytes], more: bool, receive: Any, last: dict | None = None) -> Any:
+    """An ASGI ``receive`` that first hands back the body already read (``more``: the request
+    goes on), then ``last`` if given, then defers to ``receive``."""
+    pending = [{"type": "http.request", "body": b"".join(chunks), "more_body": more}]
     if last is not None:
-        pending = [pending[0] | {"more_body": True}, last] if chunks else [last]
+        pending.append(last)
 
     async def replay() -> dict:
         return pending.pop(0) if pending else await receive()

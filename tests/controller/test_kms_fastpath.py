@@ -153,6 +153,11 @@ def test_fallbacks_reach_fastapi_with_the_body(kms):
         status, body = _call(app, [b'{"number": 2}'], content_type=ctype, calls=calls)
         assert status == 400 and body["message"].startswith("bad request format")
     assert len(calls) == 6
+    # A body beyond what the fast path buffers, arriving in pieces: FastAPI gets all of it.
+    padding = b" " * (70 * 1024)
+    status, body = _call(app, [b'{"number": 2', padding, b"}"], calls=calls)
+    assert len(calls) == 7
+    assert status == 200 and len(_keys(body, 2, 256)) == 2
 
 
 def test_identity_and_limits_match_the_route(kms):
