@@ -32,9 +32,10 @@ from qnode.keystore import KeyStore
 
 # Default post-processing block: small enough that a default run yields keys within a minute.
 DEFAULT_BLOCK_BITS = 200_000
-# Alice's basis bias for a link run. The presets' p_basis_z = 0.9 favours Z, but Z is our test
-# basis (the key comes from X, pipeline/sifting.py): at 0.9 the finite-key bound gives no key
-# below blocks of millions of bits. 0.7 gives key from blocks of ~2.6e5 bits (qnode keyrate).
+# Alice's basis bias for a link run. Z is the test basis (the key comes from X,
+# pipeline/sifting.py). The lim2014/snspd presets set p_basis_z = 0.1, which suits blocks of
+# millions of bits; for the default 2e5-bit blocks the phase-error estimate needs more Z events,
+# and 0.7 gives the most key per pulse at that block size (qnode keyrate).
 DEFAULT_P_BASIS_Z = 0.7
 
 
