@@ -8,6 +8,8 @@ simulates with (design-notes "One simulated world per link"):
 - attenuator: attenuation + offset add to ``fibre.extra_loss_db``; a closed shutter is dark;
 - detector module: per-detector efficiency, dead time; a disarmed detector (bias 0, threshold
   too high, regulation off or not locked) gives no clicks.
+Physical impairments set over the control endpoint (``impair``: receiver misalignment, Raman
+noise from a co-propagating classical channel) override the link's own values the same way.
 Simulated time advances only when the tagger asks for tags (chunks of slots); with ``realtime``
 it never passes wall clock x clock rate since the run began. ``current_slot`` is the next slot to
 be simulated; switching the source on starts a new run at slot 0.
@@ -19,6 +21,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import shutil
 import tempfile
 import time
@@ -46,6 +49,8 @@ TARGET_CHUNK_TAGS = 1 << 19
 MAX_EXTRA_LOSS_DB = 300.0
 MIN_RATE_WINDOW_S = 0.01
 RATE_BUDGET_S = 0.3
+# Impairments the control endpoint may set, and the link section each one overrides.
+IMPAIRMENTS = {"misalignment": "receiver", "classical_power_dbm": "fibre"}
 
 
 class World:
@@ -60,6 +65,7 @@ class World:
         self._dirty = True
         self._run_wall_start = time.monotonic()
         self._sim: LinkSimulator | None = None
+        self.impairments: dict[str, float] = {}  # see impair()
         self.timetagger = TimeTagger(self)
         self.source = PulseSource(self, params.source)
         self.attenuator = Attenuator(self)
@@ -107,6 +113,8 @@ class World:
             "efficiency": self.detector.efficiencies(),
             "dead_time_ns": self.detector.dead_time_ns(),
         }
+        for name, value in self.impairments.items():
+            (fibre if IMPAIRMENTS[name] == "fibre" else receiver)[name] = value
         source = self.source.source_params()
         try:
             return self.base.with_changes(source=source, fibre=fibre, receiver=receiver)
@@ -182,6 +190,39 @@ class World:
         self.fill_meter(self.detector_meter)
         return self.detector_meter.rate(channel)
 
+    # --- physical impairments ---------------------------------------------------------------
+    def impair(self, values: dict[str, float | None] | None = None) -> dict[str, float]:
+        """Set the link's physical impairments; they replace the previous set (none: cleared).
+
+        ``misalignment`` (0 ... 0.5) becomes the receiver's optical error probability;
+        ``classical_power_dbm`` (-100 ... 30) launches a co-propagating classical channel whose
+        Raman noise reaches the detectors (``qnode.linkmodel.raman_photons_per_gate``). A field
+        given as None is not impaired. Simulated from the next chunk on; a bad name or value
+        raises ``ValueError`` naming the field and changes nothing.
+        """
+        new: dict[str, float] = {}
+        for name, value in (values or {}).items():
+            if name not in IMPAIRMENTS:
+                known = ", ".join(IMPAIRMENTS)
+                raise ValueError(f"unknown impairment {name!r}; known: {known}")
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise ValueError(f"{name}: a number is required (got {value!r})")
+            if not math.isfinite(value):
+                raise ValueError(f"{name}: a finite number is required (got {value!r})")
+            new[name] = float(value)
+        sections: dict[str, dict[str, float]] = {}
+        for name, value in new.items():
+            sections.setdefault(IMPAIRMENTS[name], {})[name] = value
+        try:
+            self.base.with_changes(**sections)
+        except LinkConfigError as exc:
+            raise ValueError(str(exc)) from None
+        self.impairments = new
+        self.settings_changed()
+        return dict(new)
+
     # --- faults ---------------------------------------------------------------------------
     def inject_fault(
         self,
@@ -218,6 +259,9 @@ class World:
             "clock_hz": params.source.clock_hz,
             "realtime": self.realtime,
             "faults": self.faults(),
+            "impairments": dict(self.impairments),
+            "misalignment": params.receiver.misalignment,
+            "classical_power_dbm": params.fibre.classical_power_dbm,
         }
 
 
@@ -228,7 +272,9 @@ class WorldServer:
     ``{"ok": false, "error": "..."}``): ``{"op": "ping"}``, ``{"op": "resources"}``,
     ``{"op": "state"}``, ``{"op": "faults"}``, ``{"op": "inject", "instrument": I, "kind": K,
     "count": N|null, "delay_ms": D, "code": C, "text": T}``, ``{"op": "clear", "instrument":
-    I|null, "kind": K|null}``.
+    I|null, "kind": K|null}``, ``{"op": "impair", "misalignment": M, "classical_power_dbm":
+    P}`` (physical impairments, each optional; the set replaces the previous one, so
+    ``{"op": "impair"}`` clears them; see ``World.impair``).
     """
 
     def __init__(
@@ -320,6 +366,8 @@ class WorldServer:
         if op == "clear":
             w.clear_faults(request.get("instrument"), request.get("kind"))
             return {}
+        if op == "impair":
+            return {"impairments": w.impair({k: v for k, v in request.items() if k != "op"})}
         raise ValueError(f"unknown op {op!r}")
 
     async def close(self) -> None:
