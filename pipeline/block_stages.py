@@ -39,8 +39,8 @@ def plan_qber(qber: float) -> float:
     """The QBER estimate the LDPC rate is planned for: rounded *up* to a 0.05 % grid.
 
     Rounding up only adds a little margin; a grid makes consecutive blocks reuse the same frame
-    plans (the reconciler caches every plan's position layout, ~2 MB each, for the process's
-    lifetime), which keeps a node's memory flat over a long run.
+    plans, so the reconciler's bounded cache of position layouts (~2 MB each,
+    ``pipeline.ldpc.rate.LAYOUT_CACHE_SIZE``) keeps hitting.
     """
     return min(0.5, math.ceil(qber / QBER_PLAN_STEP) * QBER_PLAN_STEP)
 

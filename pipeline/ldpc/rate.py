@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from functools import cache
+from functools import lru_cache
 
 import numpy as np
 
@@ -115,7 +115,13 @@ class FramePlan:
         )
 
 
-@cache
+# Each layout is ~2 MB (four position arrays of a 1.3e5-bit code); plans change with the QBER
+# estimate, so an unbounded cache grows over a long run. 16 recent plans cover the few a link
+# alternates between.
+LAYOUT_CACHE_SIZE = 16
+
+
+@lru_cache(maxsize=LAYOUT_CACHE_SIZE)
 def _layout(name: str, p: int, s: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     code = load_code(name)
     order = position_order(code)
