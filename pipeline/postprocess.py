@@ -135,6 +135,9 @@ class PostProcess:
         self.block_bits = cfg.pipeline.block_bits
         self.running = True
         self.paused = False
+        # Closed QBER loop (docs/controller.md): frames are still sifted, so the test-basis QBER
+        # keeps being estimated, but no block is closed: no key from a link judged too noisy.
+        self.holding = False
         self.epoch: int | None = None
         self.stats = Counters()
         self._last_tel = 0.0
@@ -326,6 +329,8 @@ class PostProcess:
             log.warning("bad sift_reply for frame %s: %s", frame, exc)
             return
         self._account_sifted(sifted)
+        if self.holding:
+            return  # counted for the test-basis estimate only, never part of a block
         self.sifted[frame] = sifted
         if sum(s.n_key for s in self.sifted.values()) >= self._close_target():
             frames = list(self.sifted)
@@ -534,6 +539,7 @@ class PostProcess:
             "peer_connected": self.channel.connected,
             "channel_auth": self.channel.mode,
             "paused": self.paused,
+            "holding": self.holding,
             "frames_sifted": st.frames_sifted,
             "sifted_bits": st.sifted_bits,
             "reconciled_bits": st.reconciled_bits,
@@ -579,7 +585,10 @@ class PostProcess:
         if cmd in ("pause", "stop"):  # stop: no new frames; the process stays for its state
             self.paused = True
         elif cmd in ("resume", "start"):
-            self.paused = False
+            self.paused = self.holding = False
+        elif cmd == "hold":  # keep sifting and estimating, close no block (Bob leads blocks)
+            self.paused, self.holding = False, True
+            self.sifted.clear()  # frames not yet in a block were measured on the noisy link
         elif cmd == "set_block_size":
             n_bits = int(args["n_bits"])
             if not 1024 <= n_bits <= 1 << 28:
@@ -588,7 +597,7 @@ class PostProcess:
         elif cmd != "state":
             raise ValueError(f"unknown command {cmd!r}")
         blocks, bits, pending = self._store_fill()
-        return {"paused": self.paused, "block_bits": self.block_bits,
+        return {"paused": self.paused, "holding": self.holding, "block_bits": self.block_bits,
                 "peer_connected": self.channel.connected, "keystore_blocks": blocks,
                 "keystore_bits": bits, "pending_blocks": pending}  # fmt: skip
 

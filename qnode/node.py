@@ -31,7 +31,7 @@ log = logging.getLogger("qnode.node")
 
 # Which process answers which command (the rest are the supervisor's or the controller's own).
 ACQUISITION_COMMANDS = {"set_attenuation", "set_intensities", "set_probabilities"}
-POSTPROCESS_COMMANDS = {"set_block_size"}
+POSTPROCESS_COMMANDS = {"set_block_size", "hold"}  # hold: the closed QBER loop's pause
 BOTH_COMMANDS = {"start", "stop", "pause", "resume", "state"}
 
 
