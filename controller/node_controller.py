@@ -35,7 +35,7 @@ from controller.kme_link import PeerKmeClient
 from controller.kme_link import serve as serve_kme_link
 from controller.kms_api import KmsService, create_kms_app
 from controller.node_client import NodeCommandClient
-from controller.qber_loop import QberLoop
+from controller.qber_loop import QberLoop, aborted_block_qber
 from controller.state import NodeState
 from controller.state_api import create_state_app
 from controller.tls import bound_port, mtls_uvicorn_config
@@ -228,7 +228,12 @@ class NodeController:
         if isinstance(peer_up, bool):
             if self.state.set_alarm("peer_lost", not peer_up, "classical channel to peer down"):
                 self._publish_alarm("peer_lost")
+        if obj.split("/")[0] == "link":  # the periodic summary: the loop's check while held
+            await self.loop.on_link(payload)
+            return
         qber = payload.get("qber")
+        if qber is None and obj.split("/")[0] == "block":
+            qber = aborted_block_qber(payload)  # over the pipeline's abort threshold: no figures
         if isinstance(qber, int | float) and not isinstance(qber, bool):
             is_block = (
                 obj.split("/")[0] in ("block", "key_block", "keyblock") or "block_id" in payload

@@ -18,7 +18,9 @@ def _start_node(tmp_path, pki):
     """A controller attached to a telemetry PUB and a command socket standing in for the node."""
     seed_blocks([tmp_path / "alice.db"], n_blocks=2, block_bytes=1024)
     pub = Publisher("tcp://127.0.0.1:0", "alice", "postprocess", connect=False)
-    node_cmd = FakeNodeCommandSocket(refuse={"set_block_size"})
+    # It refuses the loop's "hold", so the closed-loop tests here run the pause fallback
+    # (hold itself: tests/controller/test_closed_loop*.py).
+    node_cmd = FakeNodeCommandSocket(refuse={"set_block_size", "hold"})
     cfg = {
         "node": "alice",
         "role": "alice",
