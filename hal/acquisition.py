@@ -31,6 +31,7 @@ import zmq
 
 from hal.bench import Bench
 from hal.events import EventBuilder, Events, TimingConfig
+from hal.monitor import InstrumentMonitor, SharedPublisher
 from qnode.bus import Publisher, topic
 from qnode.codec import CodecError, packb, unpackb
 from qnode.config import NodeConfig, load_config
@@ -127,14 +128,15 @@ class Acquisition:
         self.cfg = cfg
         self.ctx = zmq.Context.instance()
         self.eps = endpoints(cfg)
-        self.pub = Publisher(hub, cfg.node, "acquisition", context=self.ctx)
+        # Shared with the instrument monitor's threads (one socket, one lock).
+        self.pub = SharedPublisher(Publisher(hub, cfg.node, "acquisition", context=self.ctx))
         self.cmd = self.ctx.socket(zmq.REP)
         self.cmd.linger = 0
         self.cmd.bind(self.eps["acq_cmd"])
         self.paused = False
         self.running = True
         self.bench = Bench.load(cfg.bench)
-        self.faults = 0
+        self.monitor: InstrumentMonitor | None = None
         self.source_settings: dict[str, float] = {}
         self.frames_out = 0
         self.push_wait_s = 0.0  # time spent waiting for post-processing (back-pressure)
@@ -144,11 +146,19 @@ class Acquisition:
         self._last_counts = self.detections.copy()
 
     # -- telemetry -----------------------------------------------------------------------------
-    def _instrument(self, role: str, state: str, fault: str | None = None) -> None:
-        self.pub.publish(
-            topic("con", "resource", self.cfg.node, f"instrument/{role}"),
-            {"instrument": role, "state": state, "fault": fault, "faults": self.faults},
-        )
+    @property
+    def faults(self) -> int:
+        """Instrument faults since start, all roles (frame loop and health polls)."""
+        return self.monitor.faults if self.monitor is not None else 0
+
+    def _instrument(self, role: str, state: str, exc: BaseException | None = None) -> None:
+        """The frame loop's instrument events, through the monitor (hal.monitor)."""
+        if self.monitor is None:
+            return
+        if state == "fault" and exc is not None:
+            self.monitor.fault(role, exc, by="loop")
+        else:
+            self.monitor.running(role, by="loop")
 
     def _telemetry(self, force: bool = False) -> None:
         now = time.monotonic()
@@ -216,12 +226,16 @@ class Acquisition:
     # -- main loops ----------------------------------------------------------------------------
     def run(self) -> None:
         self.bench.open()
+        self.monitor = InstrumentMonitor(
+            self.bench.roles, self.cfg.node, self.pub.publish, self.cfg.telemetry.interval_s
+        ).start()
         try:
             if self.cfg.role == "bob":
                 self._run_bob()
             else:
                 self._run_alice()
         finally:
+            self.monitor.stop()
             self.bench.close()
             self.pub.close()
 
@@ -261,8 +275,7 @@ class Acquisition:
                 time_ps, channel = tagger.fetch(FETCH_TAGS)
                 self.fetch_s += time.monotonic() - t_fetch
             except InstrumentError as exc:
-                self.faults += 1
-                self._instrument("timetagger", "fault", f"{type(exc).__name__}: {exc}")
+                self._instrument("timetagger", "fault", exc)
                 # Frames that overlap the fault may miss tags: never announce them.
                 builder = EventBuilder(timing)
                 assembler = FrameSplitter(timing.frame_slots)
@@ -335,8 +348,7 @@ class Acquisition:
                 symbols = tx.symbol_bytes(slots)
                 ok = True
             except InstrumentError as exc:
-                self.faults += 1
-                self._instrument("source", "fault", f"{type(exc).__name__}: {exc}")
+                self._instrument("source", "fault", exc)
                 symbols, ok = np.empty(0, np.uint8), False
             reply = {"frame": header.get("frame"), "ok": ok, "n": int(len(symbols)),
                      "source": self.source_settings}  # fmt: skip

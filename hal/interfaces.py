@@ -47,6 +47,24 @@ class Role(ABC):
     def rates(self) -> dict[str, float]:
         """Count rates (or other live figures) a technician checks, by name."""
 
+    @abstractmethod
+    def check_errors(self) -> None:
+        """Drain the error queue; raise ``InstrumentCommandError`` (device, the error query,
+        code, text) for the first entry found."""
+
+    def monitor_figures(self) -> dict[str, float | str]:
+        """Cheap live figures read by the health poll (default: none, the error queue only)."""
+        return {}
+
+    def poll(self) -> dict[str, float | str]:
+        """Health check between uses (the acquisition's monitor calls it every interval): the
+        cheap live figures, then the error queue. Any failure raises the driver's named
+        exception (``drivers.errors``), so a dropped, stalled, garbled or erring instrument is
+        seen even when nothing else talks to it."""
+        figures = self.monitor_figures()
+        self.check_errors()
+        return figures
+
     @classmethod
     @abstractmethod
     def setting_names(cls) -> set[str]:

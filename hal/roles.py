@@ -7,10 +7,13 @@ the driver (error queue checked) and read back.
 
 from __future__ import annotations
 
+import contextlib
+import math
 from typing import Any
 
 import numpy as np
 
+from drivers.errors import InstrumentCommandError, InstrumentError
 from drivers.instrument import Control, Instrument
 from drivers.keysight_8156a import Keysight8156A
 from drivers.pulse_source import PulseSource
@@ -42,6 +45,11 @@ class _DriverRole:
 
     def read_errors(self) -> list[tuple[int, str]]:
         return self.driver.errors()
+
+    error_query = "SYST:ERR?"  # what a health poll's queued error is reported against
+
+    def check_errors(self) -> None:
+        self.driver.raise_errors(self.error_query)
 
     def clear_errors(self) -> None:
         clear = getattr(self.driver, "clear_status", None)
@@ -124,11 +132,24 @@ class Keysight8156AAttenuator(_DriverRole, Attenuator):
     def rates(self) -> dict[str, float]:
         return {"attenuation_db": self.driver.attenuation_db}
 
+    def monitor_figures(self) -> dict[str, float | str]:
+        """The attenuation read back, checked against the value last set through this driver
+        (an instrument that lost its setting changes the light leaving the node)."""
+        with self.driver.adapter.lock:  # a set from another thread lands before or after both
+            value = self.driver.attenuation_db
+            wanted = self.driver.applied.get("attenuation_db")
+        if wanted is not None and not math.isclose(value, wanted, rel_tol=1e-6, abs_tol=1e-9):
+            raise InstrumentError(
+                self.device, ":INP:ATT?", f"attenuation reads back {value} dB, set {wanted} dB"
+            )
+        return {"attenuation_db": value}
+
 
 class SpadRole(_DriverRole, Detector):
     """Detector role on the ID120-like SPAD module driver."""
 
     driver_class = SpadDetector
+    error_query = "ERROR?"
 
     @property
     def count_rate_hz(self) -> float:
@@ -141,6 +162,20 @@ class SpadRole(_DriverRole, Detector):
         per = rate if isinstance(rate, tuple) else (rate,)
         out = {f"det{i + 1}_hz": float(r) for i, r in enumerate(per)}
         out["total_hz"] = float(sum(per))
+        return out
+
+    def monitor_figures(self) -> dict[str, float | str]:
+        """Regulation state (cheap, first) and count rates. The module answers an error in-line
+        (raised as ``InstrumentCommandError`` with the command); its ``ERROR?`` copy is then
+        read away so the next poll does not report it twice."""
+        try:
+            regulation = self.driver.regulation_state
+            out: dict[str, float | str] = {"regulation": regulation}
+            out.update(self.rates())
+        except InstrumentCommandError:
+            with contextlib.suppress(InstrumentError):
+                self.driver.errors()
+            raise
         return out
 
 

@@ -149,6 +149,7 @@ def write_configs(
         "bob": {
             "node": "bob", "simulated": True, "sim": {"attach": str(world_file)},
             "timetagger": {"driver": "qnode-time-tagger"},
+            "detector": {"driver": "id120"},  # polled for health (hal.monitor)
             "timing": {"clock_hz": params.source.clock_hz, "delay_ps": delay_ps},
         },
     }  # fmt: skip

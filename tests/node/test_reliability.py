@@ -1,15 +1,14 @@
 """Reliability of a running link (real processes, sockets, instruments, SQLite):
 
-- an instrument fault injected in the simulated world is reported on telemetry and the link
-  recovers; Bob's post-processing process is killed with SIGKILL in the middle of the run and
-  restarted by its supervisor; at the end both key stores hold the same blocks;
+- the node's command socket answers bad commands with an error; each node's post-processing
+  process is killed with SIGKILL in the middle of the run and restarted by its supervisor; at the
+  end both key stores hold the same blocks (instrument faults: test_fault_matrix.py);
 - a man-in-the-middle flips a bit of a reconciliation message: it is rejected, the block it
   belonged to is dropped on both sides, later blocks commit, both stores stay identical.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import time
@@ -57,19 +56,6 @@ def _stores_equal(link: Link) -> tuple[dict, dict]:
     return a, b
 
 
-def _inject(control: str, instrument: str, kind: str) -> None:
-    req = zmq.Context.instance().socket(zmq.REQ)
-    req.linger = 0
-    req.connect(control)
-    try:
-        req.send_json({"op": "inject", "instrument": instrument, "kind": kind, "count": 1})
-        assert req.poll(5000), "the world's control endpoint did not answer"
-        reply = req.recv_json()
-        assert reply["ok"], reply
-    finally:
-        req.close()
-
-
 def _postprocess_pid(link: Link, role: str) -> int | None:
     for child in psutil.Process(link.procs[role].pid).children():
         try:
@@ -82,7 +68,7 @@ def _postprocess_pid(link: Link, role: str) -> int | None:
     return None
 
 
-def test_fault_and_killed_postprocess_recover_with_identical_stores(tmp_path):
+def test_killed_postprocess_recovers_with_identical_stores(tmp_path):
     link = Link(_options(tmp_path))
     try:
         link.start()
@@ -100,26 +86,7 @@ def test_fault_and_killed_postprocess_recover_with_identical_stores(tmp_path):
         assert raw.poll(5000), "no reply to a malformed command"
         assert unpackb(raw.recv_multipart()[-1])["ok"] is False
         raw.close()
-        # 1. instrument faults (sim_hw fault kinds) on Bob's tagger and Alice's source: each is
-        #    reported on telemetry and the instrument comes back
-        world = json.loads((link.workdir / "world.json").read_text())
-        for role, instrument, kind in [
-            ("bob", "timetagger", "drop"),
-            ("bob", "timetagger", "garbage"),
-            ("bob", "timetagger", "stall"),
-            ("alice", "source", "drop"),
-            ("alice", "source", "garbage"),
-        ]:
-            topic = f"con/resource/{role}/instrument/{instrument}/"
-            faults = link.latest[role].get(topic, {}).get("faults", 0)
-            _inject(world["control"], instrument, kind)
-            _wait(link, lambda r=role, t=topic, n=faults: link.latest[r].get(t, {}).get(
-                "faults", 0) > n, 40, f"{instrument} {kind} fault on telemetry")  # fmt: skip
-            _wait(link, lambda r=role, t=topic: link.latest[r][t].get("state") == "running",
-                  40, f"{instrument} running again after {kind}")  # fmt: skip
-        blocks = link.committed_blocks()
-        _wait(link, lambda: link.committed_blocks() > blocks, 90, "a block after the faults")
-        # 2. each node's post-processing is killed in the middle of whatever it is doing
+        # 1. each node's post-processing is killed in the middle of whatever it is doing
         for role in ("bob", "alice"):
             before = link.committed_blocks()
             victim = _postprocess_pid(link, role)

@@ -1,0 +1,144 @@
+"""Every sim_hw fault kind on every instrument, during one running link (real world process,
+real nodes, sockets, pty, SQLite).
+
+For each (instrument, kind): the node reports it on ``con/resource/<node>/instrument/<role>/``
+(a fault with the device and command, or, for ``slow``, the poll latency while the instrument
+stays ``running`` with no fault counted), the instrument comes back to ``running`` and the
+node's frames flow again; key blocks keep being committed after each instrument's faults; at
+the end both key stores hold the same blocks and both sides sifted the same frames (a frame
+lost to a fault is lost on both sides alike).
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import zmq
+
+from qnode.link import Link
+
+from .test_reliability import _options, _stores_equal, _wait
+
+pytestmark = pytest.mark.timeout(300)
+
+# Per node, its instruments: the attenuator and detector are reached only by the health poll,
+# the source and tagger also by the frame loop.
+NODES = {"alice": ("attenuator", "source"), "bob": ("detector", "timetagger")}
+# The named exception each kind must surface as (drivers/errors.py).
+EXPECTED = {
+    "drop": {"InstrumentDisconnected"},
+    "stall": {"InstrumentTimeout"},
+    "garbage": {"InstrumentProtocolError"},
+    "error": {"InstrumentCommandError"},
+}
+SLOW_MS = 600.0  # well inside the drivers' 2 s timeout: harmless, visible as latency
+ERROR_CODE = -330  # "Self-test failed": not a code the node's own commands provoke
+
+
+def _world(control: str, request: dict) -> dict:
+    req = zmq.Context.instance().socket(zmq.REQ)
+    req.linger = 0
+    req.connect(control)
+    try:
+        req.send_json(request)
+        assert req.poll(5000), "the world's control endpoint did not answer"
+        reply = req.recv_json()
+        assert reply["ok"], reply
+        return reply
+    finally:
+        req.close()
+
+
+def _acq_frames(link: Link, role: str) -> int:
+    return int(link.latest[role].get(f"qfs/telemetry/{role}/acquisition/", {}).get("frames", 0))
+
+
+def _check_fault(link: Link, control: str, role: str, instrument: str, kind: str) -> dict:
+    """Inject one ``kind`` fault; return the instrument's payload that reported it."""
+    topic = f"con/resource/{role}/instrument/{instrument}/"
+    before = link.latest[role][topic]["faults"]
+    text = f"matrix {instrument} {kind}"
+    _world(control, {"op": "inject", "instrument": instrument, "kind": kind, "count": 1,
+                     "code": ERROR_CODE, "text": text})  # fmt: skip
+    _wait(link, lambda: link.latest[role][topic]["faults"] > before, 40,
+          f"{instrument} {kind} fault on telemetry")  # fmt: skip
+    # the payload that counted it may already say running again: the fault is in last_fault
+    report = dict(link.latest[role][topic])
+    last = report["last_fault"]
+    assert last["kind"] in EXPECTED[kind], f"{instrument} {kind}: reported {last}"
+    assert last["device"] == instrument and last["command"], last
+    if kind == "error":
+        assert last["code"] == ERROR_CODE and text in last["detail"], last
+    _wait(link, lambda: link.latest[role][topic]["state"] == "running", 40,
+          f"{instrument} running again after {kind}")  # fmt: skip
+    assert link.latest[role][topic]["fault"] is None
+    return report
+
+
+def _check_slow(link: Link, control: str, role: str, instrument: str) -> None:
+    """Every reply late by SLOW_MS (inside the timeout): seen in the poll latency, no fault."""
+    topic = f"con/resource/{role}/instrument/{instrument}/"
+    before = link.latest[role][topic]["faults"]
+    _world(control, {"op": "inject", "instrument": instrument, "kind": "slow", "count": None,
+                     "delay_ms": SLOW_MS})  # fmt: skip
+    try:
+        _wait(link, lambda: (link.latest[role][topic].get("latency_ms") or 0) >= SLOW_MS, 40,
+              f"{instrument} slow replies in the poll latency")  # fmt: skip
+        frames = _acq_frames(link, role)
+        _wait(link, lambda: _acq_frames(link, role) > frames, 40,
+              f"{role}'s frames flowing while {instrument} is slow")  # fmt: skip
+    finally:
+        _world(control, {"op": "clear", "instrument": instrument, "kind": "slow"})
+    report = link.latest[role][topic]
+    assert report["faults"] == before and report["state"] == "running", report
+
+
+def _instrument_matrix(
+    link: Link, control: str, role: str, instrument: str, seen: dict[tuple[str, str], str]
+) -> None:
+    """All five kinds on one instrument, each followed by the node's frames flowing again."""
+    topic = f"con/resource/{role}/instrument/{instrument}/"
+    _wait(link, lambda: link.latest[role].get(topic, {}).get("polls", 0) > 0, 20,
+          f"{instrument} health polled")  # fmt: skip
+    assert link.latest[role][topic]["state"] == "running"
+    for kind in ("drop", "stall", "garbage", "error"):
+        report = _check_fault(link, control, role, instrument, kind)
+        seen[(instrument, kind)] = report["last_fault"]["command"]
+        frames = _acq_frames(link, role)
+        _wait(link, lambda f=frames: _acq_frames(link, role) > f, 40,
+              f"{role}'s frames flowing after {instrument} {kind}")  # fmt: skip
+    _check_slow(link, control, role, instrument)
+    seen[(instrument, "slow")] = "latency"
+
+
+def test_every_fault_kind_on_every_instrument_during_a_link(tmp_path):
+    link = Link(_options(tmp_path))
+    seen: dict[tuple[str, str], str] = {}
+    try:
+        link.start()
+        _wait(link, lambda: link.committed_blocks() >= 1, 90, "a first committed block")
+        control = json.loads((link.workdir / "world.json").read_text())["control"]
+        for role, instruments in NODES.items():
+            for instrument in instruments:
+                _instrument_matrix(link, control, role, instrument, seen)
+            blocks = link.committed_blocks()
+            _wait(link, lambda b=blocks: link.committed_blocks() > b, 90,
+                  f"a block committed after the faults on {role}'s instruments")  # fmt: skip
+        # the acquisition's total counts the faults of all the node's instruments
+        for role in ("alice", "bob"):
+            acq = link.latest[role][f"qfs/telemetry/{role}/acquisition/"]
+            assert acq["faults"] >= 8, acq
+        a, b = _stores_equal(link)
+        assert a["key_blocks"] >= 3
+
+        # frames lost to a fault are lost on both sides: each side sifted the same frames
+        def same_frames() -> bool:
+            sifted = [link.link_payload(r).get("frames_sifted") for r in ("alice", "bob")]
+            return sifted[0] is not None and sifted[0] == sifted[1]
+
+        _wait(link, same_frames, 20, "both sides reporting the same sifted frames")
+        assert len(seen) == 20, sorted(seen)
+        print("fault matrix (instrument, kind) -> reported against:", seen)
+    finally:
+        link.stop()
