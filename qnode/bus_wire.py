@@ -152,6 +152,14 @@ class _Decoder:
             self.topics[raw] = text
         return text
 
+    def is_topic(self, raw: bytes) -> bool:
+        """Whether ``raw`` is a valid topic frame (used to find message starts in junk)."""
+        try:
+            self.topic(raw)
+        except ValueError:
+            return False
+        return True
+
     def header(self, raw: bytes) -> tuple[dict[str, Any], tuple[str, str], int, int]:
         """(fields other than seq/ts_ns, (node, src), seq, ts_ns) of a header."""
         n = len(raw)
