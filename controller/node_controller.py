@@ -179,36 +179,54 @@ class NodeController:
             for plane in ("telemetry", "resource", "control", "mgmt"):
                 sub.subscribe(f"{stratum}/{plane}/{self.cfg.node}/".encode())
         sub.connect(endpoint)
+        # Synchronous views of the same sockets (no future per message): each wake-up drains
+        # what is ready with non-blocking recv until EAGAIN, at most INGEST_BATCH messages,
+        # then yields to the loop (HTTP, control, tick) before polling or draining again.
+        sub_now = zmq.Socket.shadow(sub.underlying)
+        relay = zmq.Socket.shadow(self.relay.underlying) if self.relay is not None else None
         last_seq: dict[tuple[str, str], int] = {}
         try:
             while not self._stop.is_set():
                 if not await sub.poll(200):
                     continue
-                frames = await sub.recv_multipart()
-                try:
-                    msg = decode_frames(frames)
-                    _, plane, _, obj = parse_topic(msg.topic)
-                except (ValueError, CodecError):
-                    self.state.telemetry_malformed += 1
-                    continue
-                if self.relay is not None:
-                    await self.relay.send_multipart(frames)
-                if msg.header.get("src") == "controller":
-                    continue  # our own alarms, echoed back through the hub
-                key = (msg.header["node"], str(msg.header.get("src", "")))
-                seq = msg.header["seq"]
-                if key in last_seq and seq > last_seq[key] + 1:
-                    self.state.telemetry_gaps += seq - last_seq[key] - 1
-                last_seq[key] = seq
-                self.state.telemetry_received += 1
-                self.state.last_telemetry_ns = time.time_ns()
-                try:
-                    await self.on_telemetry(plane, obj, msg.payload)
-                except Exception:  # one odd payload must never stop the controller
-                    self.state.telemetry_malformed += 1
-                    log.exception("telemetry payload on %s not understood", msg.topic)
+                for _ in range(self.INGEST_BATCH):
+                    try:
+                        frames = sub_now.recv_multipart(zmq.NOBLOCK)
+                    except zmq.Again:
+                        break
+                    await self._ingest(frames, last_seq, relay)
+                await asyncio.sleep(0)
         finally:
             sub.close(0)
+
+    INGEST_BATCH = 256  # messages per wake-up of the telemetry loop (then other tasks run)
+
+    async def _ingest(
+        self, frames: list[bytes], last_seq: dict[tuple[str, str], int], relay: Any
+    ) -> None:
+        """One telemetry message: validate, relay, count gaps, fold into the state."""
+        try:
+            msg = decode_frames(frames)
+            _, plane, _, obj = parse_topic(msg.topic)
+        except (ValueError, CodecError):
+            self.state.telemetry_malformed += 1
+            return
+        if relay is not None:
+            relay.send_multipart(frames)  # PUB: never blocks, drops at its high-water mark
+        if msg.src == "controller":
+            return  # our own alarms, echoed back through the hub
+        key = (msg.node, msg.src)
+        seq = msg.seq
+        if key in last_seq and seq > last_seq[key] + 1:
+            self.state.telemetry_gaps += seq - last_seq[key] - 1
+        last_seq[key] = seq
+        self.state.telemetry_received += 1
+        self.state.last_telemetry_ns = time.time_ns()
+        try:
+            await self.on_telemetry(plane, obj, msg.payload)
+        except Exception:  # one odd payload must never stop the controller
+            self.state.telemetry_malformed += 1
+            log.exception("telemetry payload on %s not understood", msg.topic)
 
     async def on_telemetry(self, plane: str, obj: str, payload: dict[str, Any]) -> None:
         """Fold one message into the state; block QBER feeds the closed loop."""
