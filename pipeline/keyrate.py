@@ -2,23 +2,36 @@
 (Lim et al. 2014) or to the asymptotic GLLP + decoy formula (Lo-Ma-Chen 2005, Ma et al. 2005),
 with the free source parameters optimised.
 
-Model per pulse (Lim 2014 Sec. IV, the forms in :mod:`qnode.linkmodel`): intensity ``mu`` gives
-a detection probability ``R = D (1 + p_ap)``, ``D = 1 - (1 - 2 p_dc) exp(-eta mu)`` and an error
-probability ``e = p_dc + e_mis (1 - exp(-eta mu)) + p_ap D / 2`` with ``eta`` the system
-transmittance (channel x detector). ``p_dc`` is the link's per-detector noise per gate (dark
-counts and Raman). Without afterpulses these are Ma 2005's ``Q_mu`` and ``E_mu Q_mu`` with
-``Y0 = 2 p_dc``. Dead time is not modelled (neither paper has it).
+Two count models feed the bounds:
 
-Finite key (``block = n_X``): key basis X with probability ``q_x`` (``p_basis_z = 1 - q_x``), three
-intensities; the expected counts of a block of ``n_X`` key-basis detections go through
-:mod:`pipeline.estimation`, ``lambda_EC = f n_X h(E_X)``. The optimiser (random search, then
-Nelder-Mead from the best few points; small-block optima are exotic, reference §4.2) picks mu1,
-mu2, p_mu1, p_mu2 and q_x; mu3 is the link's vacuum intensity.
+* **The link's own settings** (``optimise=False``, what a node predicts for its run): the per-class,
+  per-basis sifted counts and errors of :func:`qnode.linkmodel.expected_stats`, i.e. exactly the
+  process ``sim_hw.physics`` samples (Bob's own basis probability, per-detector non-paralysable
+  dead time, afterpulses in later slots, double clicks), checked against the simulator in
+  ``tests/pipeline/test_keyrate_sim.py``. Detector dead time saturates each basis's detector pair
+  by its own load, so one thinning factor for all clicks is wrong whenever the bases are
+  unequally used (``qnode link``: Z on 70 % of the slots on both sides).
+* **Lim's forms** (the optimiser, and the GYS / Lim reference figures): per pulse, intensity
+  ``mu`` gives a detection probability ``R = D (1 + p_ap)``, ``D = 1 - (1 - 2 p_dc)
+  exp(-eta mu)`` and an error probability ``e = p_dc + e_mis (1 - exp(-eta mu)) + p_ap D / 2``
+  with ``eta`` the system transmittance (channel x detector) and ``p_dc`` the per-detector
+  noise per gate. Without afterpulses these are Ma 2005's ``Q_mu`` and ``E_mu Q_mu`` with
+  ``Y0 = 2 p_dc``. Neither paper has dead time; with dead time each basis gets its own
+  :class:`Channel`, thinned by the alive fraction of that basis's detector pair at the link's
+  own settings (an approximation while the optimiser moves the intensities and basis bias).
 
-Asymptotic (``block=None``): ``R = q {-f Q_mu h(E_mu) + Q_1 [1 - h(e_1)]}`` with ``q = 1/2``
-(standard BB84 sifting, as Ma 2005 tabulates), for infinite decoys (exact ``Q_1``, ``e_1``) and
-for the vacuum + weak decoy estimators (Lim's Eqs. 2-4 without fluctuations, which for mu3 = 0 are
-Ma's); mu1 is optimised, the decoy intensity is the link's.
+Finite key (``block = n_X``): key basis X (Alice ``q_x = 1 - p_basis_z``, Bob ``1 - p_bob_z``),
+test basis Z, three intensities; the expected counts of a block of ``n_X`` key-basis detections
+go through :mod:`pipeline.estimation`, ``lambda_EC = f n_X h(E_X)``. The optimiser (random
+search, then Nelder-Mead from the best few points; small-block optima are exotic, reference §4.2)
+picks mu1, mu2, p_mu1, p_mu2 and q_x (Bob's bias following Alice's); mu3 is the link's vacuum
+intensity.
+
+Asymptotic (``block=None``): ``R = sum_b q_b {-f Q_mu h(E_mu) + Q_1 [1 - h(e_1)]}`` over the two
+bases, ``q_b = P_Alice(b) P_Bob(b)`` (both bases carry key in the infinite-key limit; for the
+symmetric GYS link the sum is Ma 2005's ``q = 1/2``), for infinite decoys (exact ``Q_1``, ``e_1``)
+and for the vacuum + weak decoy estimators (Lim's Eqs. 2-4 without fluctuations, which for
+mu3 = 0 are Ma's); mu1 is optimised, the decoy intensity is the link's.
 """
 
 from __future__ import annotations
@@ -40,17 +53,69 @@ LIM_EPS_COR = 1e-15
 LIM_KAPPA = 1e-15  # Lim 2014: eps_sec = kappa * l
 
 
-def dead_time_alive_fraction(link: LinkParams) -> float:
-    """Fraction of clicks that survive the detectors' dead time at the link's own settings."""
+Z, X = 0, 1  # basis indices of qnode.linkmodel (X is the key basis, pipeline/sifting.py)
+
+
+def dead_time_alive_fraction(link: LinkParams, basis: int | None = None) -> float:
+    """Fraction of events that survive the detectors' dead time at the link's own settings:
+    of all clicks (``basis=None``) or of the sifted events of one basis (0 = Z, 1 = X), which
+    is the alive fraction of that basis's detector pair."""
     if link.receiver.dead_time_ns <= 0:
         return 1.0
     with_dead = linkmodel.expected_stats(link, dead_time=True)
     without = linkmodel.expected_stats(link, dead_time=False)
-    p = link.source
-    weights = {"signal": p.p_signal, "decoy": p.p_decoy, "vacuum": p.p_vacuum}
-    num = sum(weights[k] * with_dead[k].gain for k in weights)
-    den = sum(weights[k] * without[k].gain for k in weights)
-    return float(num / den) if den > 0 else 1.0
+
+    def total(stats: dict[str, linkmodel.ClassModel]) -> float:
+        return sum(
+            link.source.p_class(k)
+            * (stats[c].gain if basis is None else stats[c].sifted_by_basis[basis])
+            for k, c in enumerate(linkmodel.CLASSES)
+        )
+
+    den = total(without)
+    return float(total(with_dead) / den) if den > 0 else 1.0
+
+
+@dataclass(frozen=True)
+class LinkCounts:
+    """Expected events per pulse of the link at its own settings, per intensity class
+    (signal, decoy, vacuum), each already weighted by the class probability: sifted events and
+    errors in the key basis X and the test basis Z (Alice's and Bob's basis both that basis)."""
+
+    x: tuple[float, float, float]
+    z: tuple[float, float, float]
+    errors_x: tuple[float, float, float]
+    errors_z: tuple[float, float, float]
+
+    @classmethod
+    def from_link(cls, link: LinkParams) -> LinkCounts:
+        """From :func:`qnode.linkmodel.expected_stats`, the simulator's own model."""
+        stats = linkmodel.expected_stats(link)
+        w = [link.source.p_class(k) for k in range(3)]
+        models = [stats[c] for c in linkmodel.CLASSES]
+
+        def per_class(field: str, basis: int) -> tuple[float, float, float]:
+            a, b, c = (wk * getattr(m, field)[basis] for wk, m in zip(w, models, strict=True))
+            return (a, b, c)
+
+        return cls(
+            x=per_class("sifted_by_basis", X), z=per_class("sifted_by_basis", Z),
+            errors_x=per_class("errors_by_basis", X), errors_z=per_class("errors_by_basis", Z),
+        )  # fmt: skip
+
+    @property
+    def sifted_x(self) -> float:
+        """Key-basis sifted events per pulse (what fills a block)."""
+        return sum(self.x)
+
+    @property
+    def qber_x(self) -> float:
+        return sum(self.errors_x) / self.sifted_x if self.sifted_x > 0 else 0.0
+
+    @property
+    def qber_z(self) -> float:
+        n = sum(self.z)
+        return sum(self.errors_z) / n if n > 0 else 0.0
 
 
 @dataclass(frozen=True)
@@ -63,17 +128,19 @@ class Channel:
     e_mis: float  # misalignment (optical error) probability
 
     @classmethod
-    def from_link(cls, link: LinkParams) -> Channel:
-        """Lim's channel for ``link``; detector dead time enters as thinning of the clicks.
+    def from_link(cls, link: LinkParams, basis: int = X) -> Channel:
+        """Lim's channel for ``link`` as seen by the detector pair of ``basis`` (default the
+        key basis X); detector dead time enters as thinning of that pair's clicks.
 
-        Lim 2014 has no dead time. A non-paralysable detector that is alive a fraction ``A`` of
-        the slots (renewal argument, ``qnode.linkmodel.expected_stats`` at the link's own
-        settings) sees every click process thinned by ``A``, so ``eta`` and ``p_dc`` are scaled
-        by ``A``; the QBER is unchanged to first order. ``A = 1`` without dead time, so the
+        Lim 2014 has no dead time. A non-paralysable detector pair that is alive a fraction
+        ``A_b`` of the slots (renewal argument, ``qnode.linkmodel.expected_stats`` at the link's
+        own settings) sees every click process thinned by ``A_b``, so ``eta`` and ``p_dc`` are
+        scaled by ``A_b``; the QBER is unchanged to first order. Each pair has its own ``A_b``:
+        its load depends on how often its basis is used. ``A = 1`` without dead time, so the
         GYS and Lim reference figures are untouched.
         """
         noise = linkmodel.noise_probs(link)
-        alive = dead_time_alive_fraction(link)
+        alive = dead_time_alive_fraction(link, basis)
         return cls(
             eta=linkmodel.total_transmittance(link) * alive,
             p_dc=float(sum(noise) / len(noise)) * alive,
@@ -134,7 +201,7 @@ class KeyRateResult:
 
 
 def _finite_rate(
-    ch: Channel,
+    chs: tuple[Channel, Channel],
     mu,
     p,
     q_x,
@@ -145,28 +212,56 @@ def _finite_rate(
     kappa,
     exact: bool = False,
 ) -> tuple[Any, Any, Any]:
-    """Rate per pulse (unclamped), key length and QBER for parameter arrays (broadcast).
+    """Rate per pulse (unclamped), key length and QBER for parameter arrays (broadcast), from
+    Lim's forms on the key-basis and test-basis channels ``chs = (ch_x, ch_z)``.
 
     With ``kappa`` the optimiser uses a fast model-based solve; ``exact`` bisects instead.
     """
-    r = [ch.detection(m) for m in mu]
-    e = [ch.error(m) for m in mu]
+    ch_x, ch_z = chs
+    r = [ch_x.detection(m) for m in mu]
+    e = [ch_x.error(m) for m in mu]
+    r_z = [ch_z.detection(m) for m in mu]
+    e_z = [ch_z.error(m) for m in mu]
     per_pulse_x = q_x**2 * sum(pk * rk for pk, rk in zip(p, r, strict=True))
     pulses = n_x / per_pulse_x
     nx = tuple(pulses * q_x**2 * pk * rk for pk, rk in zip(p, r, strict=True))
-    nz = tuple(pulses * (1 - q_x) ** 2 * pk * rk for pk, rk in zip(p, r, strict=True))
-    mz = tuple(pulses * (1 - q_x) ** 2 * pk * ek for pk, ek in zip(p, e, strict=True))
+    nz = tuple(pulses * (1 - q_x) ** 2 * pk * rk for pk, rk in zip(p, r_z, strict=True))
+    mz = tuple(pulses * (1 - q_x) ** 2 * pk * ek for pk, ek in zip(p, e_z, strict=True))
     qber = sum(pk * ek for pk, ek in zip(p, e, strict=True)) / sum(
         pk * rk for pk, rk in zip(p, r, strict=True)
     )
     leak = f_ec * n_x * binary_entropy(qber)
+    ell = _key_length(nx, nz, mz, mu, p, leak, n_x, eps_sec, eps_cor, kappa, exact, np.shape(q_x))
+    return ell / pulses, ell, qber
+
+
+def _key_length(nx, nz, mz, mu, p, leak, n_x, eps_sec, eps_cor, kappa, exact, shape) -> Any:
+    """Lim's Eq. (1) bracket on expected counts, at a fixed ``eps_sec`` or ``kappa * l``."""
     if kappa is None:
         bounds = decoy_core(nx, nz, mz, mu, p, eps_sec)
-        ell = key_length_core(bounds, leak, eps_sec, eps_cor)
-    else:  # eps_sec = kappa * l: l appears on both sides of Eq. (1)
-        args = (nx, nz, mz, mu, p, leak, eps_cor, kappa, np.full(np.shape(q_x), n_x))
-        ell = _bisect_kappa(*args) if exact else _solve_kappa(*args)
-    return ell / pulses, ell, qber
+        return key_length_core(bounds, leak, eps_sec, eps_cor)
+    # eps_sec = kappa * l: l appears on both sides of Eq. (1)
+    args = (nx, nz, mz, mu, p, leak, eps_cor, kappa, np.full(shape, n_x))
+    return _bisect_kappa(*args) if exact else _solve_kappa(*args)
+
+
+def _own_settings_rate(
+    counts: LinkCounts, mu, p, n_x: float, f_ec: float, eps_sec, eps_cor: float, kappa
+) -> tuple[float, float, float, float]:
+    """(rate per pulse, key length, key-basis QBER, pulses per block) of the link's own
+    settings: a block of ``n_x`` key-basis events takes ``n_x / sifted_x`` pulses and carries
+    the model's expected per-class counts in both bases."""
+    pulses = n_x / counts.sifted_x
+    nx = tuple(np.array([pulses * c]) for c in counts.x)
+    nz = tuple(np.array([pulses * c]) for c in counts.z)
+    mz = tuple(np.array([pulses * c]) for c in counts.errors_z)
+    qber = counts.qber_x
+    leak = f_ec * n_x * binary_entropy(qber)
+    mu_a = tuple(np.array([m]) for m in mu)
+    p_a = tuple(np.array([x]) for x in p)
+    ell = float(_key_length(nx, nz, mz, mu_a, p_a, leak, n_x, eps_sec, eps_cor, kappa, True,
+                            (1,))[0])  # fmt: skip
+    return ell / pulses, ell, qber, pulses
 
 
 def _bisect_kappa(nx, nz, mz, mu, p, leak, eps_cor, kappa, n_x) -> Any:
@@ -237,7 +332,7 @@ def _unpack(u: np.ndarray, mu3: float) -> tuple[tuple, tuple, Any]:
     return (mu1, mu2, np.full_like(mu1, mu3)), (p[0], p[1], p[2]), q_x
 
 
-def _optimise_finite(ch, mu3, n_x, f_ec, eps_sec, eps_cor, kappa, starts, samples, seed):
+def _optimise_finite(chs, mu3, n_x, f_ec, eps_sec, eps_cor, kappa, starts, samples, seed):
     """Random search, then Nelder-Mead from the best few points (reference §4.2).
 
     With eps_sec = kappa l, each local search holds eps_sec at kappa times the exact key length
@@ -246,13 +341,13 @@ def _optimise_finite(ch, mu3, n_x, f_ec, eps_sec, eps_cor, kappa, starts, sample
     """
     rng = np.random.default_rng(seed)
     u = rng.normal(0.0, 2.0, size=(5, samples))
-    rate, _, _ = _finite_rate(ch, *_unpack(u, mu3), n_x, f_ec, eps_sec, eps_cor, kappa)
+    rate, _, _ = _finite_rate(chs, *_unpack(u, mu3), n_x, f_ec, eps_sec, eps_cor, kappa)
     rate = np.nan_to_num(rate, nan=-np.inf)
     best_u, best_rate = None, -np.inf
 
     def exact(x: np.ndarray) -> tuple[float, float]:
         r, ell, _ = _finite_rate(
-            ch, *_unpack(x[:, None], mu3), n_x, f_ec, eps_sec, eps_cor, kappa, exact=True
+            chs, *_unpack(x[:, None], mu3), n_x, f_ec, eps_sec, eps_cor, kappa, exact=True
         )
         return float(r[0]), float(ell[0])
 
@@ -260,7 +355,7 @@ def _optimise_finite(ch, mu3, n_x, f_ec, eps_sec, eps_cor, kappa, starts, sample
         eps = eps_sec if kappa is None else kappa * max(exact(u[:, i])[1], 1.0)
 
         def objective(x: np.ndarray, eps=eps) -> float:
-            val, _, _ = _finite_rate(ch, *_unpack(x[:, None], mu3), n_x, f_ec, eps, eps_cor, None)
+            val, _, _ = _finite_rate(chs, *_unpack(x[:, None], mu3), n_x, f_ec, eps, eps_cor, None)
             v = float(val[0])
             return -v if math.isfinite(v) else 1.0
 
@@ -322,7 +417,7 @@ def expected_key_rate(
     eps_cor: float = LIM_EPS_COR,
     kappa: float | None = LIM_KAPPA,
     optimise: bool = True,
-    sifting_factor: float = 0.5,
+    sifting_factor: float | None = None,
     starts: int = 4,
     samples: int = 2000,
     seed: int = 0,
@@ -332,7 +427,10 @@ def expected_key_rate(
     ``block``: n_X for the finite-key bound, or None for the asymptotic rate. ``f_ec`` defaults
     to 1.16 (Lim) for finite keys and 1.22 (Ma's tables) asymptotically. ``eps_sec`` fixed, or
     None for Lim's ``eps_sec = kappa * l``. ``optimise=False`` uses the link's own intensities,
-    class probabilities and basis bias (what the node runtime predicts for its settings).
+    class probabilities and both sides' basis bias, with the finite-key counts of
+    :class:`LinkCounts` (the simulator's model: what the node runtime predicts for its
+    settings). ``sifting_factor`` (asymptotic only): a fixed ``q`` applied to the key basis
+    alone instead of the two bases' ``P_Alice(b) P_Bob(b)``.
     """
     if block is not None and (isinstance(block, bool) or int(block) != block or block < 1):
         raise ValueError(f"block must be a positive integer or None, got {block!r}")
@@ -342,22 +440,30 @@ def expected_key_rate(
         raise ValueError("give eps_sec or a kappa in (0, 1)")
     if not 0 < eps_cor < 1:
         raise ValueError(f"eps_cor must be in (0, 1), got {eps_cor}")
-    ch = Channel.from_link(params)
+    chs = (Channel.from_link(params, X), Channel.from_link(params, Z))
     src = params.source
     clock = src.clock_hz
     distance = params.fibre.length_km
     if block is None:
-        return _asymptotic(ch, src, clock, distance, f_ec or GYS_F_EC, sifting_factor, optimise)
+        f_ec = f_ec or GYS_F_EC
+        return _asymptotic(params, chs, clock, distance, f_ec, sifting_factor, optimise)
     f_ec = f_ec or LIM_F_EC
     k = None if eps_sec is not None else kappa
     n_x = float(block)
     mu3 = src.mu_vacuum
+    extra: dict[str, Any] = {}
     if optimise:
-        u = _optimise_finite(ch, mu3, n_x, f_ec, eps_sec, eps_cor, k, starts, samples, seed)
+        u = _optimise_finite(chs, mu3, n_x, f_ec, eps_sec, eps_cor, k, starts, samples, seed)
         mu, p, q_x = _unpack(u[:, None], mu3)
         mu = tuple(float(x[0]) for x in mu)
         p = tuple(float(x[0]) for x in p)
         q_x = float(q_x[0])
+        rate, ell, qber = _finite_rate(
+            chs, tuple(np.array([m]) for m in mu), tuple(np.array([x]) for x in p),
+            np.array([q_x]), n_x, f_ec, eps_sec, eps_cor, k, exact=True,
+        )  # fmt: skip
+        rate, ell, qber = float(rate[0]), float(ell[0]), float(np.ravel(qber)[0])
+        pulses = n_x / (q_x**2 * sum(pk * chs[0].detection(m) for pk, m in zip(p, mu, strict=True)))
     else:
         mu = (src.mu_signal, src.mu_decoy, src.mu_vacuum)
         p = (src.p_signal, src.p_decoy, src.p_vacuum)
@@ -365,50 +471,142 @@ def expected_key_rate(
         DecoySettings(mu, p)  # the link's own settings must satisfy Lim's constraints
         if not 0.0 < q_x < 1.0:
             raise ValueError(f"source.p_basis_z must be in (0, 1) for a finite key: {1 - q_x}")
-    rate, ell, qber = _finite_rate(
-        ch, tuple(np.array([m]) for m in mu), tuple(np.array([x]) for x in p),
-        np.array([q_x]), n_x, f_ec, eps_sec, eps_cor, k, exact=True,
-    )  # fmt: skip
-    rate, ell, qber = float(rate[0]), float(ell[0]), float(np.ravel(qber)[0])
-    pulses = n_x / (q_x**2 * sum(pk * ch.detection(m) for pk, m in zip(p, mu, strict=True)))
+        if not 0.0 < params.p_bob_z < 1.0:
+            raise ValueError(f"receiver.p_basis_z must be in (0, 1) for a finite key: "
+                             f"{params.p_bob_z}")  # fmt: skip
+        counts = LinkCounts.from_link(params)
+        rate, ell, qber, pulses = _own_settings_rate(counts, mu, p, n_x, f_ec, eps_sec, eps_cor, k)
+        extra = {"sifted_x_per_pulse": counts.sifted_x, "qber_z": counts.qber_z,
+                 "p_bob_z": params.p_bob_z}  # fmt: skip
     eps_used = eps_sec if eps_sec is not None else kappa * max(ell, 1.0)
     rate = max(rate, 0.0)
     return KeyRateResult(
         rate_per_pulse=rate, rate_bps=rate * clock, distance_km=distance, block=int(block),
         qber=qber, mu=mu, p_mu=p, q_x=q_x, f_ec=f_ec, eps_sec=eps_used, eps_cor=eps_cor,
-        key_length=max(math.floor(ell), 0), pulses_per_block=pulses,
+        key_length=max(math.floor(ell), 0), pulses_per_block=pulses, extra=extra,
     )  # fmt: skip
 
 
-def _asymptotic(ch, src, clock, distance, f_ec, q, optimise) -> KeyRateResult:
+def _asymptotic(params, chs, clock, distance, f_ec, q_fixed, optimise) -> KeyRateResult:
+    """Sum over the bases of ``q_b`` times the per-basis rate (see the module docstring)."""
+    src = params.source
     mu2, mu3 = src.mu_decoy, src.mu_vacuum
     if not mu2 > mu3 >= 0.0:
         raise ValueError(f"decoy intensity must exceed the vacuum one: mu2={mu2}, mu3={mu3}")
-    if not 0.0 < q <= 1.0:
-        raise ValueError(f"sifting_factor must be in (0, 1], got {q}")
+    if q_fixed is not None and not 0.0 < q_fixed <= 1.0:
+        raise ValueError(f"sifting_factor must be in (0, 1], got {q_fixed}")
+    if q_fixed is None:
+        pa, pb = src.p_basis_z, params.p_bob_z
+        weights = ((chs[X], (1 - pa) * (1 - pb)), (chs[Z], pa * pb))
+    else:
+        weights = ((chs[X], q_fixed),)
+    weights = tuple((ch, q) for ch, q in weights if q > 0)
     lo = mu2 + mu3 + 1e-6
 
-    def vw(m: float) -> float:
-        return asymptotic_rates(ch, m, mu2, mu3, f_ec, q)[1]
+    def rates(m: float) -> tuple[float, float]:
+        per = [asymptotic_rates(ch, m, mu2, mu3, f_ec, q) for ch, q in weights]
+        return sum(r[0] for r in per), sum(r[1] for r in per)
 
-    def inf(m: float) -> float:
-        return asymptotic_rates(ch, m, mu2, mu3, f_ec, q)[0]
-
-    mu1 = _best_mu1(vw, lo) if optimise else src.mu_signal
-    mu1_inf = _best_mu1(inf) if optimise else src.mu_signal
-    r_inf = asymptotic_rates(ch, mu1_inf, mu2, mu3, f_ec, q)[0]
-    _, r_vw, y1_low, e1_up = asymptotic_rates(ch, mu1, mu2, mu3, f_ec, q)
-    qber = float(ch.error(mu1) / ch.detection(mu1))
+    mu1 = _best_mu1(lambda m: rates(m)[1], lo) if optimise else src.mu_signal
+    mu1_inf = _best_mu1(lambda m: rates(m)[0]) if optimise else src.mu_signal
+    r_inf = rates(mu1_inf)[0]
+    r_vw = rates(mu1)[1]
+    ch_x = chs[X]
+    _, _, y1_low, e1_up = asymptotic_rates(ch_x, mu1, mu2, mu3, f_ec, 1.0)
+    qber = float(ch_x.error(mu1) / ch_x.detection(mu1))
     return KeyRateResult(
         rate_per_pulse=max(r_vw, 0.0), rate_bps=max(r_vw, 0.0) * clock, distance_km=distance,
         block=None, qber=qber, mu=(mu1, mu2, mu3),
-        p_mu=(src.p_signal, src.p_decoy, src.p_vacuum), q_x=0.5, f_ec=f_ec,
+        p_mu=(src.p_signal, src.p_decoy, src.p_vacuum), q_x=1.0 - src.p_basis_z, f_ec=f_ec,
         eps_sec=None, eps_cor=None,
         extra={
             "rate_per_pulse_infinite_decoy": max(r_inf, 0.0),
             "mu1_infinite_decoy": mu1_inf,
-            "sifting_factor": q,
+            "sifting_factor": sum(q for _, q in weights),
             "y1_lower": y1_low,
             "e1_upper": e1_up,
         },
+    )  # fmt: skip
+
+
+# --------------------------------------------------------------------------- the node's blocks
+
+
+def expected_frames_to_fill(target: float, mean: float, var: float) -> float:
+    """E[N], N the first n with S_n >= target, S_n a sum of n i.i.d. per-frame counts of the
+    given mean and variance (normal approximation per n): ``sum_n P(S_n < target)``."""
+    if mean <= 0:
+        raise ValueError(f"per-frame mean must be > 0, got {mean}")
+    total, n = 1.0, 1  # S_0 = 0 < target
+    while True:
+        sd = math.sqrt(max(var * n, 1e-12))
+        p_short = 0.5 * math.erfc((n * mean - target) / (sd * math.sqrt(2.0)))
+        if p_short < 1e-12 and n * mean > target:
+            return total
+        total += p_short
+        n += 1
+
+
+def expected_node_key_rate(
+    params: LinkParams,
+    block_bits: int,
+    frame_slots: int,
+    *,
+    f_target: float = 1.15,
+    eps_sec: float = 1e-10,
+    eps_cor: float = 1e-12,
+) -> KeyRateResult:
+    """Expected secret key rate of the node runtime's blocks on the link's own settings.
+
+    :func:`expected_key_rate` answers for a block of ``n_X`` key-basis bits all reconciled at an
+    assumed ``f``. The runtime's block differs in three ways, all a-priori known:
+
+    * it closes at the first event frame (``frame_slots`` slots) that brings the key-basis count
+      to ``target = ceil(block_bits / k) k``, ``k`` the key bits of the LDPC frame planned for
+      the test-basis QBER (``pipeline.postprocess`` ``_close_target``); so ``n_X`` is ``target``
+      plus the overshoot of the last event frame (Wald: ``E[n_X] = E[N] * bits per frame``);
+    * only ``target`` bits are reconciled, the rest are dropped and paid one bit each;
+    * the leak is the planned syndrome (``m - p`` per LDPC frame, planned at the QBER rounded
+      up, ``pipeline.block_stages.plan_qber``) plus the verification tags; blind-round reveals
+      (rare at the planned efficiency) are not counted.
+
+    The counts are :class:`LinkCounts` (the simulator's model); ``extra`` carries the figures.
+    """
+    from pipeline.block_stages import frame_key_bits, plan_qber
+    from pipeline.ldpc.rate import plan_frame
+    from pipeline.verification import hash_repetitions
+
+    if block_bits < 1 or frame_slots < 1:
+        raise ValueError(f"block_bits and frame_slots must be >= 1: {block_bits}, {frame_slots}")
+    src = params.source
+    mu = (src.mu_signal, src.mu_decoy, src.mu_vacuum)
+    p = (src.p_signal, src.p_decoy, src.p_vacuum)
+    DecoySettings(mu, p, eps_sec, eps_cor)
+    counts = LinkCounts.from_link(params)
+    qber_x, qber_z = counts.qber_x, counts.qber_z
+    k = frame_key_bits(qber_z, f_target)
+    ldpc_frames = -(-block_bits // k)
+    target = ldpc_frames * k
+    per_frame = frame_slots * counts.sifted_x  # key-basis bits per event frame (~Poisson)
+    n_x = per_frame * expected_frames_to_fill(target, per_frame, per_frame)
+    plan = plan_frame(plan_qber(qber_z), f_target)
+    reps = hash_repetitions(k, eps_cor / ldpc_frames)
+    leak = ldpc_frames * (plan.leaked(0) + 61 * reps + 1)
+    dropped = n_x - target
+    pulses = n_x / counts.sifted_x
+    arr = lambda xs: tuple(np.array([pulses * c]) for c in xs)  # noqa: E731
+    bounds = decoy_core(arr(counts.x), arr(counts.z), arr(counts.errors_z),
+                        tuple(np.array([m]) for m in mu), tuple(np.array([x]) for x in p),
+                        eps_sec)  # fmt: skip
+    ell = float(key_length_core(bounds, leak, eps_sec, eps_cor)[0]) - dropped
+    ell = min(max(ell, 0.0), float(target))
+    rate = ell / pulses
+    f_ec = plan.leaked(0) / (k * binary_entropy(qber_x)) if qber_x > 0 else float("nan")
+    return KeyRateResult(
+        rate_per_pulse=rate, rate_bps=rate * src.clock_hz, distance_km=params.fibre.length_km,
+        block=round(n_x), qber=qber_x, mu=mu, p_mu=p, q_x=1.0 - src.p_basis_z, f_ec=f_ec,
+        eps_sec=eps_sec, eps_cor=eps_cor, key_length=math.floor(ell), pulses_per_block=pulses,
+        extra={"reconciled_bits": target, "ldpc_frame_bits": k, "dropped_bits": dropped,
+               "leak_bits": leak, "sifted_x_per_pulse": counts.sifted_x, "qber_z": qber_z,
+               "p_bob_z": params.p_bob_z},
     )  # fmt: skip

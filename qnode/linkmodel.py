@@ -381,6 +381,15 @@ class ClassModel:
     sifted: float  # P(click and Bob's basis == Alice's) per pulse
     errors: float  # P(sifted and Bob's bit != Alice's bit) per pulse
     qber: float  # errors / sifted
+    # The same two figures split by the (common) basis, index 0 = Z, 1 = X: what the finite-key
+    # bound needs (key from X, test from Z). They sum to ``sifted`` and ``errors``.
+    sifted_by_basis: tuple[float, float] = (0.0, 0.0)
+    errors_by_basis: tuple[float, float] = (0.0, 0.0)
+
+    def qber_in(self, basis: int) -> float:
+        """QBER of the sifted events in one basis (0 = Z, 1 = X)."""
+        s = self.sifted_by_basis[basis]
+        return self.errors_by_basis[basis] / s if s > 0 else 0.0
 
 
 def _configs(p: LinkParams):
@@ -434,15 +443,20 @@ def expected_stats(
         ap_rate[d] = p_ap * p_np * cm * alive[d]
     result = {}
     for k, name in enumerate(CLASSES):
-        gain = sifted = errors = 0.0
+        gain = 0.0
+        sifted, errors = [0.0, 0.0], [0.0, 0.0]
         for w, ab, x, c in per_class[k]:
             # A primary click and an afterpulse in the same slot are one click (union).
             o = [1.0 - (1.0 - alive[d] * c[d]) * (1.0 - ap_rate[d]) for d in range(4)]
             g, s, e = _pattern_sums(o, ab, x)
             gain += w * g
-            sifted += w * s
-            errors += w * e
-        result[name] = ClassModel(gain, sifted, errors, errors / sifted if sifted > 0 else 0.0)
+            sifted[ab] += w * s
+            errors[ab] += w * e
+        s_all, e_all = sum(sifted), sum(errors)
+        result[name] = ClassModel(
+            gain, s_all, e_all, e_all / s_all if s_all > 0 else 0.0,
+            (sifted[0], sifted[1]), (errors[0], errors[1]),
+        )  # fmt: skip
     return result
 
 
