@@ -16,9 +16,14 @@ Messages (dicts, ``type`` plus identifiers, never key bytes):
 ``{"type": "commit_confirm", "block_id": uuid, "status": "committed" | "auth" | "refused"}``,
 ``{"type": "commit_query", "block_ids": [...]}``, ``{"type": "commit_status", "status": {id: st}}``.
 
-With Wegman-Carter authentication on, blocks whose ``seq`` is a multiple of ``wc_every_blocks``
-are stored with status ``auth`` (taken out of the key pool for the channel's pads, see
-qnode/wegman_carter.py); the decision depends only on the agreed ``seq``.
+With Wegman-Carter authentication on, Alice decides which blocks feed the channel's one-time
+pads (qnode/wegman_carter.py): a block whose ``seq`` is a multiple of ``wc_every_blocks`` is
+stored with status ``auth`` while her unreserved pad is below ``pad_high_units`` 16-byte units
+(one unit per checkpoint tag, about two per committed block). She says so in her answer
+(``status: "auth"``) and Bob follows it, so both stores hold the same pad blocks in the same
+order; each side stores such a block as ``auth`` in one transaction, never as servable key. The
+channel sends the commit messages as Wegman-Carter checkpoints and rejects them otherwise, so in
+a Wegman-Carter session no block is committed before its transcript is authenticated.
 """
 
 from __future__ import annotations
@@ -32,15 +37,22 @@ Message = dict[str, Any]
 COMMIT_TYPES = ("commit_propose", "commit_confirm", "commit_query", "commit_status")
 
 
-def _is_auth_block(seq: int, wc_every_blocks: int) -> bool:
-    return wc_every_blocks > 0 and seq % wc_every_blocks == 0
+PAD_HIGH_UNITS = 512  # 8 KiB of pad: ~250 committed blocks at two checkpoint tags each
+_PAD_UNIT = 16  # bytes per checkpoint tag (qnode.wegman_carter.UNIT)
 
 
 class _Side:
-    def __init__(self, store: KeyStore, peer: str, wc_every_blocks: int = 0) -> None:
+    def __init__(
+        self,
+        store: KeyStore,
+        peer: str,
+        wc_every_blocks: int = 0,
+        pad_high_units: int = PAD_HIGH_UNITS,
+    ) -> None:
         self.store = store
         self.peer = peer
         self.wc_every_blocks = wc_every_blocks
+        self.pad_high_units = pad_high_units
         self.committed: list[str] = []  # ids committed since start (for telemetry events)
         self.discarded: list[str] = []
 
@@ -72,10 +84,19 @@ class _Side:
             # "pending" on both sides cannot happen (Alice never holds pending blocks); leave it.
 
     def _commit_local(self, block_id: str, peer_state: str) -> None:
-        self.store.commit(block_id)
-        if peer_state == "auth":
-            self.store.reserve_for_channel(block_id)
+        self.store.commit(block_id, for_channel=peer_state == "auth")
         self.committed.append(block_id)
+
+    def pad_units_left(self) -> int:
+        """Pad units (16 bytes) in this store's ``auth`` blocks beyond the channel's cursor."""
+        cursor = max(1, self.store.pad_cursor("units"))
+        return max(0, self.store.auth_pad_len() // _PAD_UNIT - cursor)
+
+    def _is_auth_block(self, seq: int) -> bool:
+        """Whether block ``seq`` feeds the pads (Alice decides; Bob follows her answer)."""
+        if self.wc_every_blocks <= 0 or seq % self.wc_every_blocks != 0:
+            return False
+        return self.pad_units_left() < self.pad_high_units
 
 
 class CommitInitiator(_Side):
@@ -120,8 +141,14 @@ class CommitResponder(_Side):
     offered (its final key is ready) or dropped (aborted); one for any other block is refused.
     """
 
-    def __init__(self, store: KeyStore, peer: str, wc_every_blocks: int = 0) -> None:
-        super().__init__(store, peer, wc_every_blocks)
+    def __init__(
+        self,
+        store: KeyStore,
+        peer: str,
+        wc_every_blocks: int = 0,
+        pad_high_units: int = PAD_HIGH_UNITS,
+    ) -> None:
+        super().__init__(store, peer, wc_every_blocks, pad_high_units)
         self._ready: dict[int, tuple[bytes, dict[str, Any]]] = {}
         self._expected: set[int] = set()
         self._deferred: dict[int, Message] = {}
@@ -180,10 +207,13 @@ class CommitResponder(_Side):
             and seq > self.store.max_seq()
             and int(msg.get("n_bits", -1)) == int(ready[1].get("n_bits", len(ready[0]) * 8))
         )
+        for_channel = valid and self._is_auth_block(seq)
         if valid:
             key, meta = ready
             try:
-                self.store.add_committed(block_id, seq, self.peer, key, meta)
+                self.store.add_committed(
+                    block_id, seq, self.peer, key, meta, for_channel=for_channel
+                )
             except KeyStoreError:
                 valid = False
         if not valid:
@@ -191,9 +221,6 @@ class CommitResponder(_Side):
                 self.store.discard(block_id)
             self.discarded.append(block_id)
             return {"type": "commit_confirm", "block_id": block_id, "status": "refused"}
-        status = "committed"
-        if _is_auth_block(seq, self.wc_every_blocks):
-            self.store.reserve_for_channel(block_id)
-            status = "auth"
+        status = "auth" if for_channel else "committed"
         self.committed.append(block_id)
         return {"type": "commit_confirm", "block_id": block_id, "status": status}

@@ -9,8 +9,13 @@ Wire frames (after the ROUTER identity): ``[envelope, body, tag]``.
   no session with that id, e.g. after a restart, so the connector says hello at once); ``dir`` names the direction (``alice>bob``) so a message can
   never be reflected back to its sender.
 - ``body`` msgpack: the stage message (a dict with ``type`` and its block/frame identifiers).
-- ``tag`` authenticates (envelope, body): HMAC-SHA256 under the pre-shared secret by default,
-  or Wegman-Carter (see :mod:`qnode.wegman_carter`) once both nodes hold pad blocks.
+- ``tag`` authenticates (envelope, body): HMAC-SHA256 under the pre-shared secret. In a
+  Wegman-Carter session (:mod:`qnode.wegman_carter`, once both nodes hold pad blocks) both ends
+  also hash the whole session transcript, and the key-commit messages (*checkpoints*,
+  ``alg: "wc"``, envelope also ``ck``, ``nin``, ``av``) carry a Wegman-Carter tag over everything
+  sent and received in the session up to and including themselves instead of an HMAC; a commit
+  message without one is rejected. Any message lost or rejected inside such a session would
+  leave the two transcripts different, so it also ends the session (a new one starts at once).
 
 Sessions: the connector sends ``hello`` with a fresh nonce, the binder answers ``welcome`` with its
 own; the session id is ``sha256(n_c || n_b)[:16]``; sequence numbers restart at 1 per direction.
@@ -36,6 +41,12 @@ import zmq
 from qnode.codec import CodecError, packb, unpackb
 
 TAG_BYTES = 32
+UNIT = 16  # one-time pad bytes per Wegman-Carter checkpoint (qnode.wegman_carter.UNIT)
+
+
+def _record(envelope: bytes, body: bytes) -> bytes:
+    """One message as it enters the session transcript (envelope length-prefixed)."""
+    return len(envelope).to_bytes(4, "big") + envelope + body
 
 
 class ChannelError(RuntimeError):
@@ -54,6 +65,14 @@ class ChannelStats:
     gaps: int = 0
     sessions: int = 0
     peer_lost: int = 0
+    bytes_sent: int = 0
+    bytes_received: int = 0
+    wc_sessions: int = 0
+    wc_checkpoints_sent: int = 0
+    wc_checkpoints_verified: int = 0
+    wc_pad_bits_used: int = 0
+    wc_pad_bits_left: int = 0
+    wc_eps: float = 0.0
 
     def rejected(self) -> int:
         return (
@@ -220,37 +239,57 @@ class ClassicalChannel:
         self._last_tx = time.monotonic()
 
     def _send_kind(self, kind: str, body_obj: Any, sid: bytes, seq: int, alg: str) -> None:
-        envelope = packb(
-            {"v": 1, "sid": sid, "dir": self.out_dir, "seq": seq, "kind": kind, "alg": alg}
-        )
+        env: dict[str, Any] = {
+            "v": 1, "sid": sid, "dir": self.out_dir, "seq": seq, "kind": kind, "alg": alg
+        }  # fmt: skip
+        wc = self._wc_session if kind in ("msg", "hb") else None
+        if alg == "wc":
+            env.update(ck=wc.next_checkpoint(), nin=self._recv_seq, av=wc.own_avail(refresh=True))
+        envelope = packb(env)
         body = packb(body_obj)
         if alg == "wc":
-            tag = self._wc_session.tag(self.out_dir, seq, envelope, body)
+            tag = wc.checkpoint_tag(seq, _record(envelope, body), self._recv_seq, env["ck"])
+            self._wc_counted(sent=True)
         else:
             tag = self._hmac.tag(self.out_dir, seq, envelope, body)
+            if wc is not None:
+                wc.sent(seq, _record(envelope, body))
         self._raw_send([envelope, body, tag])
+        self.stats.bytes_sent += len(envelope) + len(body)
+
+    def _wc_counted(self, sent: bool) -> None:
+        wc = self._wc_session
+        if sent:
+            self.stats.wc_checkpoints_sent += 1
+        else:
+            self.stats.wc_checkpoints_verified += 1
+        self.stats.wc_pad_bits_used += 8 * UNIT
+        self.stats.wc_pad_bits_left = 2 * 8 * UNIT * wc.units_left()
+        self.stats.wc_eps = wc.last_eps
 
     def send(self, message: dict[str, Any]) -> None:
-        """Send one stage message to the peer; raise ChannelError if there is no session."""
+        """Send one stage message to the peer; raise ChannelError if there is no session.
+
+        In a Wegman-Carter session a message whose type is a checkpoint type goes out as a
+        checkpoint (one pad unit); if the pad is exhausted the session restarts.
+        """
         if "type" not in message:
             raise ValueError("a peer message needs a 'type'")
         if self._sid is None:
             raise ChannelError(f"no session with {self.peer}")
+        alg = "hmac"
+        if self._wc_session is not None and message["type"] in self._wc.checkpoint_types:
+            alg = "wc"
+            if not self._wc_session.has_pad(self.out_dir, self._wc_session.next_checkpoint()):
+                self._lose_peer("one-time pad exhausted; new session")
+                raise ChannelError("Wegman-Carter pad exhausted; the session restarts")
         self._send_seq += 1
-        alg = "wc" if self._wc_session is not None else "hmac"
-        if alg == "wc" and not self._wc_session.has_pad(self.out_dir, self._send_seq):
-            self._lose_peer("one-time pad exhausted; new session")
-            raise ChannelError("Wegman-Carter pad exhausted; the session restarts")
         self._send_kind("msg", message, self._sid, self._send_seq, alg)
         self.stats.sent += 1
 
     def _send_heartbeat(self) -> None:
         self._send_seq += 1
-        alg = "wc" if self._wc_session is not None else "hmac"
-        if alg == "wc" and not self._wc_session.has_pad(self.out_dir, self._send_seq):
-            self._lose_peer("one-time pad exhausted; new session")
-            return
-        self._send_kind("hb", {}, self._sid, self._send_seq, alg)
+        self._send_kind("hb", {}, self._sid, self._send_seq, "hmac")
         self.stats.heartbeats_sent += 1
 
     def _send_hello(self) -> None:
@@ -324,6 +363,13 @@ class ClassicalChannel:
         if counter != "rejected_session":
             self._events.append(ChannelEvent("rejected", detail, {"counter": counter}))
 
+    def _integrity_failure(self, detail: str, seq: int) -> None:
+        """A message of this session failed authentication: rejected and counted; in a
+        Wegman-Carter session the transcripts now differ, so the session also ends."""
+        self._reject("rejected_auth", detail)
+        if self._wc_session is not None and seq > self._recv_seq:
+            self._lose_peer("a message of this session failed authentication; new session")
+
     def _handle(self, frames: list[bytes]) -> None:
         identity = None
         if self.bind:
@@ -360,26 +406,43 @@ class ClassicalChannel:
                     pass
                 self._peer_identity = saved
             return self._reject("rejected_session", "message from another session")
-        if alg == "wc":
-            ok = self._wc_session is not None and self._wc_session.verify(
-                direction, seq, envelope, body, tag
-            )
-        else:
-            ok = self._wc_session is None and self._hmac.verify(direction, seq, envelope, body, tag)
-        if not ok:
-            return self._reject("rejected_auth", f"bad tag on seq {seq}")
+        wc = self._wc_session
+        if alg == "wc" and wc is None:
+            return self._reject("rejected_auth", f"Wegman-Carter tag outside such a session {seq}")
+        if alg != "wc" and not self._hmac.verify(direction, seq, envelope, body, tag):
+            return self._integrity_failure(f"bad tag on seq {seq}", seq)
         if seq <= self._recv_seq:
             return self._reject("rejected_replay", f"seq {seq} after {self._recv_seq}")
         if seq > self._recv_seq + 1:
+            if alg == "wc":  # a checkpoint after a gap cannot match: the transcripts differ
+                return self._integrity_failure(f"checkpoint {seq} after a gap", seq)
             self.stats.gaps += seq - self._recv_seq - 1
             self._events.append(ChannelEvent("gap", f"{seq - self._recv_seq - 1} lost"))
+            if wc is not None:  # the transcripts differ from here on: no checkpoint can pass
+                return self._lose_peer("a message of this session was lost; new session")
+        message: Any = None
+        decoded = False
+        if kind != "hb":
+            try:
+                message, decoded = unpackb(body), True
+            except CodecError:
+                pass
+        if alg == "wc":
+            record = _record(envelope, body)
+            args = (env.get("nin", -1), env.get("ck", -1), tag, env.get("av", 0))
+            if not wc.verify_checkpoint(direction, seq, record, *args):
+                return self._integrity_failure(f"bad Wegman-Carter tag on seq {seq}", seq)
+            self._wc_counted(sent=False)
+        elif wc is not None:
+            if isinstance(message, dict) and message.get("type") in self._wc.checkpoint_types:
+                return self._integrity_failure(f"{message['type']} without its checkpoint", seq)
+            wc.received(seq, _record(envelope, body))
         self._recv_seq = seq
         self._last_rx = time.monotonic()
+        self.stats.bytes_received += len(envelope) + len(body)
         if kind == "hb":
             return None
-        try:
-            message = unpackb(body)
-        except CodecError:
+        if not decoded:
             return self._reject("rejected_malformed", "body does not decode")
         if not isinstance(message, dict) or "type" not in message:
             return self._reject("rejected_malformed", "body is not a stage message")
@@ -440,8 +503,13 @@ class ClassicalChannel:
         self._sid = sid
         self._send_seq = self._recv_seq = 0
         self._last_rx = time.monotonic()
-        self._wc_session = self._wc.session(wc_terms) if (self._wc and wc_terms) else None
+        self._wc_session = (
+            self._wc.session(wc_terms, sid, self.out_dir) if (self._wc and wc_terms) else None
+        )
         self.stats.sessions += 1
+        if self._wc_session is not None:
+            self.stats.wc_sessions += 1
+            self.stats.wc_pad_bits_left = 2 * 8 * UNIT * self._wc_session.units_left()
         mode = "wegman-carter" if self._wc_session is not None else "hmac"
         self._events.append(ChannelEvent("connected", mode, {"session": sid.hex()}))
 

@@ -120,10 +120,22 @@ class KeyStore:
         return self._insert(block_id, seq, peer, key, meta or {}, "pending")
 
     def add_committed(
-        self, block_id: str, seq: int, peer: str, key: bytes, meta: dict[str, Any] | None = None
+        self,
+        block_id: str,
+        seq: int,
+        peer: str,
+        key: bytes,
+        meta: dict[str, Any] | None = None,
+        *,
+        for_channel: bool = False,
     ) -> bool:
-        """Insert a block directly as committed (the responder's side of the two-phase commit)."""
-        return self._insert(block_id, seq, peer, key, meta or {}, "committed")
+        """Insert a block directly as committed (the responder's side of the two-phase commit).
+
+        ``for_channel``: insert it as ``auth`` (the channel's pad) in the same transaction, so
+        there is no moment at which the block is ``committed`` and could be served as key.
+        """
+        status = "auth" if for_channel else "committed"
+        return self._insert(block_id, seq, peer, key, meta or {}, status)
 
     def _insert(
         self, block_id: str, seq: int, peer: str, key: bytes, meta: dict[str, Any], status: str
@@ -149,12 +161,13 @@ class KeyStore:
                     raise KeyStoreError(
                         f"block {block_id} already stored with different key bytes or seq"
                     )
-                if status == "committed" and row[2] == "pending":
+                if status in ("committed", "auth") and row[2] == "pending":
                     db.execute(
-                        "UPDATE key_blocks SET status = 'committed', committed_ns = ? "
-                        "WHERE block_id = ?",
-                        (now, block_id),
+                        "UPDATE key_blocks SET status = ?, committed_ns = ? WHERE block_id = ?",
+                        (status, now, block_id),
                     )
+                elif status != row[2] and {status, row[2]} == {"committed", "auth"}:
+                    raise KeyStoreError(f"block {block_id} is already {row[2]}, not {status}")
                 return False
             db.execute(
                 "INSERT INTO key_blocks (block_id, seq, peer, status, created_ns, committed_ns, "
@@ -166,7 +179,7 @@ class KeyStore:
                     peer,
                     status,
                     now,
-                    now if status == "committed" else None,
+                    now if status != "pending" else None,
                     n_bits,
                     *(meta.get(name) for name in _META_FIELDS),
                     key,
@@ -174,8 +187,13 @@ class KeyStore:
             )
         return True
 
-    def commit(self, block_id: str) -> None:
-        """Mark a pending block committed (no-op if already committed)."""
+    def commit(self, block_id: str, *, for_channel: bool = False) -> None:
+        """Mark a pending block committed (no-op if already committed).
+
+        ``for_channel``: commit it straight to ``auth`` (the channel's pad) in one transaction,
+        so a pad block is never visible as ``committed`` key, not even for a moment.
+        """
+        status = "auth" if for_channel else "committed"
         with self._tx() as db:
             row = db.execute(
                 "SELECT status FROM key_blocks WHERE block_id = ?", (block_id,)
@@ -184,10 +202,11 @@ class KeyStore:
                 raise KeyStoreError(f"commit of unknown block {block_id}")
             if row[0] == "pending":
                 db.execute(
-                    "UPDATE key_blocks SET status = 'committed', committed_ns = ? "
-                    "WHERE block_id = ?",
-                    (time.time_ns(), block_id),
+                    "UPDATE key_blocks SET status = ?, committed_ns = ? WHERE block_id = ?",
+                    (status, time.time_ns(), block_id),
                 )
+            elif row[0] != status:
+                raise KeyStoreError(f"block {block_id} is already {row[0]}, not {status}")
 
     def discard(self, block_id: str) -> None:
         """Delete a pending block (or remember an unknown id) so it can never be committed.
@@ -294,6 +313,14 @@ class KeyStore:
                 "MAX(cursor_bytes, excluded.cursor_bytes)",
                 (direction, int(cursor_bytes)),
             )
+
+    def auth_pad_len(self) -> int:
+        """Bytes in the channel's pad stream (all ``auth`` blocks), without reading them."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT COALESCE(SUM(LENGTH(key)), 0) FROM key_blocks WHERE status = 'auth'"
+            ).fetchone()
+        return int(row[0])
 
     def auth_pad_bytes(self) -> bytes:
         """Concatenated key bytes of the blocks reserved for the channel, in block order."""

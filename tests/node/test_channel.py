@@ -8,8 +8,6 @@ import pytest
 import zmq
 
 from qnode.channel import ChannelError, ClassicalChannel, HmacAuth, load_secret
-from qnode.keystore import KeyStore
-from qnode.wegman_carter import P, WegmanCarter, poly_hash
 
 from .mitm import MitmProxy
 
@@ -209,65 +207,3 @@ def test_secret_loading(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="16 bytes"):
         HmacAuth(b"short")
     assert SECRET.hex() not in repr(HmacAuth(SECRET))
-
-
-def test_poly_hash_is_linear_and_length_sensitive():
-    k = 123456789
-    assert poly_hash(k, b"") != poly_hash(k, b"\x00")
-    assert poly_hash(k, b"abc") != poly_hash(k, b"abd")
-    assert 0 <= poly_hash(k, b"x" * 1000) < P
-
-
-def _wc_store(path, pad):
-    ks = KeyStore(path)
-    ks.add_committed("pad0", 0, "peer", pad, {})
-    ks.reserve_for_channel("pad0")
-    return ks
-
-
-def test_wegman_carter_session_consumes_pad_identically(ctx, tmp_path):
-    import os
-
-    pad = os.urandom(16 * 400)
-    ka, kb = _wc_store(tmp_path / "a.db", pad), _wc_store(tmp_path / "b.db", pad)
-    wa = WegmanCarter(ka, "alice", "bob", reserve_messages=8)
-    wb = WegmanCarter(kb, "bob", "alice", reserve_messages=8)
-    alice, bob, proxy = _pair(ctx, via_proxy=True, a={"wegman_carter": wa}, b={"wegman_carter": wb})
-    _connect(alice, bob)
-    assert alice._wc_session is not None and bob._wc_session is not None
-    proxy.attack("up", 5, "flip")
-    assert _exchange(bob, alice, 30, expect=29) == [i for i in range(30) if i != 5]
-    assert _exchange(alice, bob, 30) == list(range(30))
-    assert alice.stats.rejected_auth == 1
-    # Every used unit is persisted as reserved on both sides before use: a new session starts
-    # beyond all of them.
-    used_upto = alice._wc_session.base + 2 * 40
-    assert ka.pad_cursor("units") >= used_upto - 16 and kb.pad_cursor("units") >= used_upto - 16
-    first_base = alice._wc_session.base
-    bob.close()
-    bob2 = ClassicalChannel(
-        "bob", "alice", proxy.endpoint, SECRET, bind=False, context=ctx, wegman_carter=wb, **FAST
-    )
-    _pump(
-        alice,
-        bob2,
-        until=lambda: (
-            bob2.connected
-            and alice._wc_session is not None
-            and alice._wc_session.base != first_base
-        ),
-    )
-    assert alice._wc_session.base >= max(ka.pad_cursor("units"), first_base + 2 * 30)
-    assert _exchange(bob2, alice, 3) == [0, 1, 2]
-
-
-def test_wegman_carter_falls_back_to_hmac_without_pad(ctx, tmp_path):
-    ka, kb = KeyStore(tmp_path / "a.db"), KeyStore(tmp_path / "b.db")
-    alice, bob, _ = _pair(
-        ctx,
-        a={"wegman_carter": WegmanCarter(ka, "alice", "bob")},
-        b={"wegman_carter": WegmanCarter(kb, "bob", "alice")},
-    )
-    _connect(alice, bob)
-    assert alice._wc_session is None
-    assert _exchange(bob, alice, 3) == [0, 1, 2]
