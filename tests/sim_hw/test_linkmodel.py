@@ -155,3 +155,25 @@ def test_presets_and_helpers() -> None:
     assert p.receiver.efficiencies() == (0.8, 0.8, 0.8, 0.8)
     with pytest.raises(lm.LinkConfigError, match="receiver.misalignment"):
         p.with_changes(receiver={"misalignment": 0.7})
+
+
+def test_sifted_events_split_by_basis() -> None:
+    """Per-basis sifted gains sum to the total; without dead time or afterpulses their ratio is
+    P_A(Z) P_B(Z) : P_A(X) P_B(X); with dead time the busier basis's pair loses more."""
+    p = (
+        lm.preset("snspd")
+        .with_distance(10)
+        .with_changes(source={"p_basis_z": 0.7}, receiver={"p_basis_z": 0.4})
+    )
+    ideal = lm.expected_stats(p, dead_time=False)["signal"]
+    assert sum(ideal.sifted_by_basis) == pytest.approx(ideal.sifted, rel=1e-12)
+    assert sum(ideal.errors_by_basis) == pytest.approx(ideal.errors, rel=1e-12)
+    z, x = ideal.sifted_by_basis
+    assert z / x == pytest.approx((0.7 * 0.4) / (0.3 * 0.6), rel=1e-9)
+    assert ideal.qber_in(0) == pytest.approx(ideal.qber_in(1), rel=1e-9)
+    sym = lm.preset("snspd").with_distance(10).with_changes(source={"p_basis_z": 0.7})
+    live = lm.expected_stats(sym)["signal"]
+    free = lm.expected_stats(sym, dead_time=False)["signal"]
+    alive_z = live.sifted_by_basis[0] / free.sifted_by_basis[0]
+    alive_x = live.sifted_by_basis[1] / free.sifted_by_basis[1]
+    assert alive_z < 0.8 * alive_x < 0.8
