@@ -442,9 +442,12 @@ class NodeController:
     async def run(self) -> None:
         """Start everything, run until ``stop()``, then shut down cleanly."""
         self._tasks: list[asyncio.Task] = []
-        self._setup()
         cfg = self.cfg
         try:
+            # Inside the try: a failed set-up (a port taken) still closes what it opened. A
+            # context left open would otherwise block forever in term() when the garbage
+            # collector finalises it (at any later allocation, e.g. during an import).
+            self._setup()
             if self.kms is not None and cfg.kms is not None:
                 app = create_kms_app(self.kms)
                 conf = mtls_uvicorn_config(
@@ -511,7 +514,7 @@ class NodeController:
             self.pool.close()
         if self.auth is not None:
             self.auth.stop()
-        self.ctx.term()
+        self.ctx.destroy(linger=0)  # closes any socket still open, so it cannot block
 
 
 def _url_host(host: str) -> str:

@@ -104,12 +104,18 @@ class Publisher:
         self._ctx = context or zmq.Context.instance()
         self._sock = self._ctx.socket(zmq.PUB)
         self._sock.sndhwm = sndhwm
+        # Bounded linger: the last messages before close() (a node's "stopped") still go out,
+        # and closing never waits more than 0.2 s for a slow subscriber.
         self._sock.linger = 200
-        if connect:
-            self._sock.connect(endpoint)
-        else:
-            _apply_curve_server(self._sock, curve_server_keys)
-            self._sock.bind(endpoint)
+        try:
+            if connect:
+                self._sock.connect(endpoint)
+            else:
+                _apply_curve_server(self._sock, curve_server_keys)
+                self._sock.bind(endpoint)
+        except BaseException:
+            self._sock.close(0)
+            raise
         self.endpoint = self._sock.last_endpoint.decode() if not connect else endpoint
         # One reusable Packer (same options as qnode.codec.packb): ~0.5 µs cheaper per message.
         self._pack = msgpack.Packer(default=_default, use_bin_type=True).pack
@@ -168,12 +174,16 @@ class Subscriber:
         self._sock = self._ctx.socket(zmq.SUB)
         self._sock.rcvhwm = rcvhwm
         self._sock.linger = 0
-        _apply_curve_client(self._sock, curve_client_keys)
         self._curve = curve_client_keys
         self.topics = list(topics)
-        for prefix in self.topics:
-            self._sock.setsockopt(zmq.SUBSCRIBE, prefix.encode())
-        self._sock.connect(endpoint)
+        try:  # bad keys or endpoint: close the socket (an open one makes term() wait)
+            _apply_curve_client(self._sock, curve_client_keys)
+            for prefix in self.topics:
+                self._sock.setsockopt(zmq.SUBSCRIBE, prefix.encode())
+            self._sock.connect(endpoint)
+        except BaseException:
+            self._sock.close(0)
+            raise
         self.snapshot_endpoint = snapshot_endpoint
         self.lazy_payload = lazy_payload
         self.stats = _Stats()
@@ -376,6 +386,12 @@ class Subscriber:
         self._sock.close()
 
 
+def _linger0(sock: zmq.Socket, opened: list[zmq.Socket]) -> zmq.Socket:
+    sock.linger = 0
+    opened.append(sock)
+    return sock
+
+
 class TelemetryHub:
     """A node's telemetry proxy (XSUB -> XPUB) with a last-value cache and snapshot server.
 
@@ -407,15 +423,23 @@ class TelemetryHub:
                 self._auth.configure_curve_callback(
                     domain="*", credentials_provider=_Allowed(curve_allowed_clients)
                 )
-        self._xsub = self._ctx.socket(zmq.XSUB)
-        self._xsub.bind(internal)
-        self._xpub = self._ctx.socket(zmq.XPUB)
-        self._xpub.sndhwm = 100_000
-        _apply_curve_server(self._xpub, curve_server_keys)
-        self._xpub.bind(public)
-        self._snap = self._ctx.socket(zmq.ROUTER)
-        _apply_curve_server(self._snap, curve_server_keys)
-        self._snap.bind(snapshot)
+        opened: list[zmq.Socket] = []
+        try:  # LINGER 0 everywhere; a bind that fails closes what was opened (term never waits)
+            self._xsub = _linger0(self._ctx.socket(zmq.XSUB), opened)
+            self._xsub.bind(internal)
+            self._xpub = _linger0(self._ctx.socket(zmq.XPUB), opened)
+            self._xpub.sndhwm = 100_000
+            _apply_curve_server(self._xpub, curve_server_keys)
+            self._xpub.bind(public)
+            self._snap = _linger0(self._ctx.socket(zmq.ROUTER), opened)
+            _apply_curve_server(self._snap, curve_server_keys)
+            self._snap.bind(snapshot)
+        except BaseException:
+            for sock in opened:
+                sock.close(0)
+            if self._auth is not None:
+                self._auth.stop()
+            raise
         self.internal = self._xsub.last_endpoint.decode()
         self.public = self._xpub.last_endpoint.decode()
         self.snapshot = self._snap.last_endpoint.decode()

@@ -251,3 +251,93 @@ def test_closed_loop_resumes_on_a_good_estimate_while_paused(node):
     pub.publish("qfs/telemetry/alice/link/", {"qber": 0.03})
     wait_for(lambda: not state.alarms["qber_high"].active, what="resume on a good estimate")
     assert node_cmd.commands()[-1] == "resume" and not state.paused
+
+
+def test_a_burst_is_drained_in_batches_relayed_and_counted(tmp_path, pki):
+    """More than one wake-up's bound in one burst: every message counted and relayed, in order."""
+    from controller.node_controller import NodeController
+
+    seed_blocks([tmp_path / "alice.db"], n_blocks=2, block_bytes=1024)
+    pub = Publisher("tcp://127.0.0.1:0", "alice", "postprocess", connect=False)
+    node_cmd = FakeNodeCommandSocket()
+    cfg = {
+        "node": "alice",
+        "role": "alice",
+        "keystore": str(tmp_path / "alice.db"),
+        "security": {"curve": False},
+        "telemetry": {"node_endpoint": pub.endpoint, "relay": "tcp://127.0.0.1:0"},
+        "control": {"node_endpoint": node_cmd.endpoint},
+    }
+    ctl = ControllerThread(cfg).start()
+    watcher = Subscriber(ctl.endpoints["relay"], ["qfs/telemetry/alice/burst/"])
+    try:
+        state = ctl.controller.state
+        wait_for(
+            lambda: pub.publish("qfs/telemetry/alice/burst/", {"i": -1}) and
+            watcher.recv(20) is not None and state.telemetry_received > 0, what="subscriptions",
+        )  # fmt: skip
+        while watcher.recv(100) is not None:
+            pass
+        wait_for(lambda: state.telemetry_received == pub.seq, what="warm-up messages")
+        before, gaps, n = (
+            state.telemetry_received,
+            state.telemetry_gaps,
+            3 * NodeController.INGEST_BATCH + 17,
+        )
+        first = pub.seq + 1
+        for i in range(n):
+            pub.publish("qfs/telemetry/alice/burst/", {"i": i})
+        wait_for(lambda: state.telemetry_received == before + n, what="the whole burst")
+        assert state.telemetry_gaps == gaps
+        relayed = []
+        while len(relayed) < n and (msg := watcher.recv(2000)) is not None:
+            relayed.append(msg)
+        assert [m.seq for m in relayed] == list(range(first, first + n))
+        assert [m.payload["i"] for m in relayed] == list(range(n))
+        assert watcher.stats.gaps == 0 and watcher.stats.malformed == 0
+    finally:
+        watcher.close()
+        ctl.stop()
+        pub.close()
+        node_cmd.close()
+
+
+def test_a_failed_set_up_closes_the_context(tmp_path, pki):
+    """A port already taken: run() raises, and the ZeroMQ context is closed, not left for the
+    garbage collector (whose term() would wait forever on the publisher's socket)."""
+    import asyncio
+    import socket
+
+    import zmq
+
+    from controller.config import parse_config
+    from controller.node_controller import NodeController
+
+    seed_blocks([tmp_path / "alice.db"], n_blocks=2, block_bytes=1024)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        cfg = {
+            "node": "alice",
+            "role": "alice",
+            "keystore": str(tmp_path / "alice.db"),
+            "kms": {
+                "kme_id": "alice",
+                "peer_kme_id": "bob",
+                "cert": str(pki / "alice.pem"),
+                "key": str(pki / "alice.key"),
+                "ca": str(pki / "ca.pem"),
+                "local_saes": ["sae-alice"],
+                "peer_saes": ["sae-bob"],
+                "port": 0,
+                "sync_bind": f"tcp://127.0.0.1:{port}",
+            },
+            "security": {"curve": False},
+            "telemetry": {"publish_mode": "bind", "publish": "tcp://127.0.0.1:0"},
+        }
+        ctl = NodeController(parse_config(cfg))
+        with pytest.raises(zmq.ZMQError):
+            asyncio.run(ctl.run())
+    assert ctl.ctx.closed
+    assert ctl.publisher is not None and ctl.publisher._sock.closed
