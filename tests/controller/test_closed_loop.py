@@ -1,0 +1,116 @@
+"""The closed QBER loop's hold and test-basis check, driven through a real controller: telemetry
+on a real PUB socket, the node's command socket a real ROUTER that records what it receives.
+(The loop on a real simulated link: test_closed_loop_link.py; the pause fallback for a node
+that refuses ``hold``: test_node_controller.py.)"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from ctl_helpers import ControllerThread, FakeNodeCommandSocket, wait_for
+
+from controller import qber_loop
+from controller.qber_loop import aborted_block_qber, z_counts
+from qnode.bus import Publisher, Subscriber
+
+THRESHOLD = 0.05
+CHECK_BITS = 1000
+
+
+@pytest.fixture
+def node(tmp_path, monkeypatch):
+    monkeypatch.setattr(qber_loop, "HOLD_RESEND_S", 0.0)
+    pub = Publisher("tcp://127.0.0.1:0", "bob", "postprocess", connect=False)
+    node_cmd = FakeNodeCommandSocket()
+    cfg = {
+        "node": "bob",
+        "role": "bob",
+        "keystore": str(tmp_path / "bob.db"),
+        "security": {"curve": False},
+        "telemetry": {"node_endpoint": pub.endpoint, "peer_lost_s": 30},
+        "control": {"node_endpoint": node_cmd.endpoint, "node_timeout_ms": 2000},
+        "loop": {"qber_threshold": THRESHOLD, "qber_blocks": 2, "check_bits": CHECK_BITS,
+                 "recheck_s": 0.2},
+    }  # fmt: skip
+    ctl = ControllerThread(cfg).start()
+    wait_for(
+        lambda: pub.publish("qfs/telemetry/bob/link/", {"paused": False}) and
+        ctl.controller.state.telemetry_received > 0, what="telemetry subscription",
+    )  # fmt: skip
+    yield ctl, pub, node_cmd
+    ctl.stop()
+    pub.close()
+    node_cmd.close()
+
+
+def link_summary(z: tuple[int, int, int], errors: tuple[int, int, int], holding: bool) -> dict:
+    """A post-processing ``link`` payload with cumulative test-basis counts per class."""
+    out: dict = {"holding": holding, "paused": False}
+    for name, n, e in zip(("signal", "decoy", "vacuum"), z, errors, strict=True):
+        out[f"matched_z_{name}"] = n
+        out[f"qber_z_{name}"] = e / n if n else None
+    return out
+
+
+def test_high_blocks_hold_the_node_and_only_a_test_basis_check_resumes(node):
+    ctl, pub, node_cmd = node
+    state = ctl.controller.state
+    alarms = Subscriber(ctl.endpoints["publish"], ["svc/mgmt/bob/alarm/"])
+    time.sleep(0.3)  # the alarm subscription reaches the controller's PUB
+    pub.publish("qfs/telemetry/bob/block/", {"block_id": "b0", "qber": 0.08})
+    time.sleep(0.3)
+    assert node_cmd.commands() == [], "one high block of N = 2 must not hold"
+    pub.publish("qfs/telemetry/bob/block/", {"block_id": "b1", "qber": 0.09})
+    wait_for(lambda: "hold" in node_cmd.commands(), what="hold sent")
+    assert "pause" not in node_cmd.commands(), "a node that takes hold is not paused"
+    assert state.paused_by_loop and state.alarms["qber_high"].active
+    raised = alarms.recv(timeout_ms=3000)
+    assert raised is not None and raised.payload["active"] is True
+    # A block that was in flight finishes under the threshold: measured before the hold, so
+    # it decides nothing; nor does the link summary's last-block QBER.
+    pub.publish("qfs/telemetry/bob/block/", {"block_id": "b2", "qber": 0.01})
+    pub.publish("qfs/telemetry/bob/link/", {"qber": 0.01, "holding": True})
+    time.sleep(0.5)  # well past recheck_s: no probation resume while held either
+    assert state.paused_by_loop and "resume" not in node_cmd.commands()
+    # The node says it is not holding (e.g. post-processing restarted): the hold is re-sent.
+    pub.publish("qfs/telemetry/bob/link/", link_summary((500, 50, 5), (5, 1, 2), False))
+    wait_for(lambda: node_cmd.commands().count("hold") == 2, what="hold re-sent")
+    # Held, test bits keep coming: the first summary opens the window, then a window of
+    # >= check_bits test bits at 10 % fails the check, and one at 2 % passes it.
+    pub.publish("qfs/telemetry/bob/link/", link_summary((900, 90, 10), (9, 1, 4), True))
+    pub.publish("qfs/telemetry/bob/link/", link_summary((1400, 140, 10), (64, 6, 4), True))
+    time.sleep(0.3)
+    assert state.paused_by_loop, "a 550-bit window is below check_bits: no decision yet"
+    pub.publish("qfs/telemetry/bob/link/", link_summary((1900, 190, 10), (119, 11, 4), True))
+    wait_for(lambda: "loop_check_qber" in state.metrics, what="a failed check")
+    assert state.metrics["loop_check_qber"] == pytest.approx(120 / 1100)
+    assert state.paused_by_loop and state.alarms["qber_high"].active
+    pub.publish("qfs/telemetry/bob/link/", link_summary((2900, 290, 10), (139, 13, 4), True))
+    wait_for(lambda: not state.alarms["qber_high"].active, what="check passed")
+    assert state.metrics["loop_check_qber"] == pytest.approx(22 / 1100)
+    assert node_cmd.commands()[-1] == "resume" and not state.paused and not state.paused_by_loop
+    cleared = alarms.recv(timeout_ms=3000)
+    assert cleared is not None and cleared.payload["active"] is False
+    assert "test-basis QBER" in cleared.payload["message"]
+    alarms.close()
+
+
+def test_blocks_aborted_by_the_pipeline_count_as_high(node):
+    ctl, pub, node_cmd = node
+    for i in range(2):
+        pub.publish("qfs/telemetry/bob/block/", {"block": i, "status": "failed",
+                    "reason": "QBER_Z 0.1400 above 0.11"})  # fmt: skip
+    wait_for(lambda: "hold" in node_cmd.commands(), what="hold after two aborted blocks")
+    assert "0.1400" in ctl.controller.state.alarms["qber_high"].message
+
+
+def test_z_counts_and_abort_reasons():
+    payload = link_summary((123_457, 9_999, 7), (1_234, 321, 3), True)
+    assert z_counts(payload) == (123_457 + 9_999 + 7, 1_234 + 321 + 3)
+    assert z_counts({"matched_z_signal": 0, "qber_z_signal": None}) == (0, 0)
+    assert z_counts({"qber": 0.02}) is None
+    assert z_counts({"matched_z_signal": True}) is None
+    assert aborted_block_qber({"status": "failed", "reason": "QBER_Z 0.1300 above 0.11"}) == 0.13
+    assert aborted_block_qber({"status": "failed", "reason": "start: bad frames"}) is None
+    assert aborted_block_qber({"status": "no_key", "reason": "QBER_Z 0.2 above 0.11"}) is None
