@@ -170,3 +170,52 @@ def test_hub_forwards_bursts_in_order_and_caches_the_last_per_topic():
         time.sleep(0.05)
     assert snap == last
     late.close(), sub.close(), pub.close(), hub.close()
+
+
+def test_a_good_message_behind_a_short_one_is_kept():
+    """Frames 0 and 1 are read without their flags: a lone topic frame just before a good message
+    is split off and counted, and the good message is still delivered."""
+    ctx, raw, sub = _raw_pub_and_sub(lazy_payload=True)
+    raw.send(T)  # one frame, then a good message right behind it
+    raw.send_multipart([T, _plain_header(2), packb({"a": 2})])
+    raw.send_multipart([T, _plain_header(3)])  # two frames, then a good one
+    raw.send_multipart([T, _plain_header(4), packb({"a": 4})])
+    got = [sub.recv(1000), sub.recv(1000)]
+    assert [(m.seq, m.payload) for m in got] == [(2, {"a": 2}), (4, {"a": 4})]
+    assert sub.stats.malformed == 2 and sub.stats.gaps == 1  # seq 3 never arrived whole
+    # Three frames then a fourth that is a valid topic: still one malformed message.
+    raw.send_multipart([T, _plain_header(5), packb({"a": 5}), T])
+    raw.send_multipart([T, _plain_header(6), packb({"a": 6})])
+    assert sub.recv(1000).seq == 6
+    assert sub.stats.malformed == 3 and sub.stats.gaps == 2  # seq 3 and 5
+    assert sub.stats.received == 4  # the connection probe, seq 2, 4 and 6
+    sub.close(), raw.close(), ctx.term()
+
+
+def test_publisher_refuses_a_payload_it_cannot_encode_without_using_a_seq():
+    ctx = zmq.Context()
+    pub = Publisher("tcp://127.0.0.1:0", "alice", "pp", connect=False, context=ctx)
+    with pytest.raises(TypeError):
+        pub.publish("qfs/telemetry/alice/link/", {"x": object()})
+    assert pub.seq == 0
+    assert pub.publish("qfs/telemetry/alice/link/", {"x": 1}) == 1
+    pub.close(), ctx.term()
+
+
+def test_a_hub_that_cannot_bind_closes_its_sockets():
+    """The public endpoint is taken: the constructor raises and term() returns (no open socket)."""
+    import threading
+
+    ctx = zmq.Context()
+    taken = ctx.socket(zmq.PUB)
+    taken.linger = 0
+    port = taken.bind_to_random_port("tcp://127.0.0.1")
+    from qnode.bus import TelemetryHub
+
+    with pytest.raises(zmq.ZMQError):
+        TelemetryHub("inproc://hub-fail", f"tcp://127.0.0.1:{port}", "inproc://snap", context=ctx)
+    taken.close()
+    done = threading.Thread(target=ctx.term, daemon=True)
+    done.start()
+    done.join(5)
+    assert not done.is_alive(), "term() waited on a socket the failed hub left open"
