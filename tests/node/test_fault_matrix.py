@@ -12,10 +12,16 @@ lost to a fault is lost on both sides alike).
 from __future__ import annotations
 
 import json
+import time
+from pathlib import Path
 
 import pytest
 import zmq
 
+from drivers.errors import InstrumentTimeout
+from hal.bench import Bench
+from hal.monitor import InstrumentMonitor
+from hal.roles import Keysight8156AAttenuator
 from qnode.link import Link
 
 from .test_reliability import _options, _stores_equal, _wait
@@ -142,3 +148,71 @@ def test_every_fault_kind_on_every_instrument_during_a_link(tmp_path):
         print("fault matrix (instrument, kind) -> reported against:", seen)
     finally:
         link.stop()
+
+
+def test_health_poll_reports_each_kind_with_device_and_command():
+    """The health poll alone (nothing else talks to the instruments, so each injected fault
+    hits the poll's first exchange): one fault per injection, with its device and command,
+    then ``running`` at the next poll; an in-line detector error is not reported twice; an
+    attenuation changed behind the driver's back is a fault; a slow reply is latency only."""
+    published: list[tuple[str, dict]] = []
+    # by path: under pytest, the name "hal" may resolve to the tests/hal folder for resources
+    with Bench.load(Path(__file__).resolve().parents[2] / "hal/benches/sim_link.toml") as bench:
+        control = bench.world.instruments["control"]
+        monitor = InstrumentMonitor(bench.roles, "bench",
+                                    lambda t, p: published.append((t, p)), interval_s=0.1)  # fmt: skip
+        first = {"source": "SYST:ERR?", "attenuator": ":INP:ATT?", "detector": "REG:STATE?",
+                 "timetagger": "SYST:ERR?"}  # fmt: skip
+        for name in first:
+            monitor.poll_once(name)
+            assert monitor.state(name)["state"] == "running", monitor.state(name)
+            kinds = ["drop", "garbage", "error"] + (["stall"] if name == "attenuator" else [])
+            for kind in kinds:
+                faults = monitor.state(name)["faults"]
+                _world(control, {"op": "inject", "instrument": name, "kind": kind, "count": 1,
+                                 "code": ERROR_CODE, "text": f"poll {kind}"})  # fmt: skip
+                monitor.poll_once(name)
+                if kind == "error" and first[name] == "SYST:ERR?":
+                    # queued after the error query that met it: the next poll finds it
+                    assert monitor.state(name)["state"] == "running"
+                    monitor.poll_once(name)
+                state = monitor.state(name)
+                assert state["state"] == "fault" and state["faults"] == faults + 1, state
+                last = state["last_fault"]
+                assert last["kind"] in EXPECTED[kind] and last["device"] == name, last
+                # a queued SCPI error is found by the error query that follows the figures
+                scpi_error = kind == "error" and name != "detector"
+                assert last["command"] == ("SYST:ERR?" if scpi_error else first[name]), last
+                assert name in state["fault"] and last["command"] in state["fault"]
+                if kind == "error":
+                    assert last["code"] == ERROR_CODE and "poll error" in last["detail"], last
+                monitor.poll_once(name)
+                state = monitor.state(name)
+                assert state["state"] == "running" and state["fault"] is None, state
+                assert state["faults"] == faults + 1, f"{name} {kind} reported twice: {state}"
+            _world(control, {"op": "inject", "instrument": name, "kind": "slow", "count": 1,
+                             "delay_ms": 300})  # fmt: skip
+            faults = monitor.state(name)["faults"]
+            monitor.poll_once(name)
+            state = monitor.state(name)
+            assert state["latency_ms"] >= 300 and state["state"] == "running", state
+            assert state["faults"] == faults
+        # the attenuation changed by someone else: the read-back no longer matches the setting
+        other = Keysight8156AAttenuator(bench.world.instruments["attenuator"], "other")
+        with other:
+            other.set_attenuation_db(7.0)
+            monitor.poll_once("attenuator")
+            state = monitor.state("attenuator")
+            assert state["state"] == "fault" and "reads back 7" in state["fault"], state
+            other.set_attenuation_db(0.0)
+        monitor.poll_once("attenuator")
+        assert monitor.state("attenuator")["state"] == "running"
+        # a fault the frame loop reported is cleared by a poll only once the loop is quiet
+        monitor.fault("timetagger", InstrumentTimeout("timetagger", ":TAGS:FETC? 8", "test"))
+        monitor.poll_once("timetagger")
+        assert monitor.state("timetagger")["state"] == "fault"
+        time.sleep(0.25)
+        monitor.poll_once("timetagger")
+        assert monitor.state("timetagger")["state"] == "running"
+    topics = {t for t, _ in published}
+    assert topics == {f"con/resource/bench/instrument/{n}/" for n in first}, topics
