@@ -538,6 +538,11 @@ class PostProcess:
         payload = {
             "peer_connected": self.channel.connected,
             "channel_auth": self.channel.mode,
+            "pad_bits_left": self.channel.stats.wc_pad_bits_left,
+            "pad_bits_used": self.channel.stats.wc_pad_bits_used,
+            "pad_bits_per_block": (
+                self.channel.stats.wc_pad_bits_used / st.blocks_done if st.blocks_done else None
+            ),
             "paused": self.paused,
             "holding": self.holding,
             "frames_sifted": st.frames_sifted,
