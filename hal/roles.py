@@ -165,18 +165,20 @@ class SpadRole(_DriverRole, Detector):
         return out
 
     def monitor_figures(self) -> dict[str, float | str]:
-        """Regulation state (cheap, first) and count rates. The module answers an error in-line
-        (raised as ``InstrumentCommandError`` with the command); its ``ERROR?`` copy is then
-        read away so the next poll does not report it twice."""
+        """Regulation state and the warmest diode's temperature (a detector out of regulation
+        does not click). Count rates are left to the tagger's counts: on the emulated module
+        they make the world simulate ahead. The module answers an error in-line (raised as
+        ``InstrumentCommandError`` with the command); its ``ERROR?`` copy is then read away so
+        the next poll does not report it twice."""
         try:
             regulation = self.driver.regulation_state
-            out: dict[str, float | str] = {"regulation": regulation}
-            out.update(self.rates())
+            temps = self.driver.measured_temperature_mc
         except InstrumentCommandError:
             with contextlib.suppress(InstrumentError):
                 self.driver.errors()
             raise
-        return out
+        warmest = max(temps) if isinstance(temps, tuple) else temps
+        return {"regulation": regulation, "temperature_mc": float(warmest)}
 
 
 class QnodeTimeTagger(_DriverRole, TimeTagger):

@@ -163,9 +163,11 @@ def test_health_poll_reports_each_kind_with_device_and_command():
                                     lambda t, p: published.append((t, p)), interval_s=0.1)  # fmt: skip
         first = {"source": "SYST:ERR?", "attenuator": ":INP:ATT?", "detector": "REG:STATE?",
                  "timetagger": "SYST:ERR?"}  # fmt: skip
+        figures = {"attenuator": {"attenuation_db"}, "detector": {"regulation", "temperature_mc"}}
         for name in first:
             monitor.poll_once(name)
             assert monitor.state(name)["state"] == "running", monitor.state(name)
+            assert figures.get(name, set()) <= set(monitor.state(name)), monitor.state(name)
             kinds = ["drop", "garbage", "error"] + (["stall"] if name == "attenuator" else [])
             for kind in kinds:
                 faults = monitor.state(name)["faults"]
