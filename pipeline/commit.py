@@ -37,7 +37,7 @@ Message = dict[str, Any]
 COMMIT_TYPES = ("commit_propose", "commit_confirm", "commit_query", "commit_status")
 
 
-PAD_HIGH_UNITS = 512  # 8 KiB of pad: ~250 committed blocks at two checkpoint tags each
+PAD_HIGH_UNITS = 128  # 2 KiB of pad: ~60 committed blocks at two checkpoint tags each
 _PAD_UNIT = 16  # bytes per checkpoint tag (qnode.wegman_carter.UNIT)
 
 
