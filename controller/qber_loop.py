@@ -53,7 +53,7 @@ def z_counts(payload: dict[str, Any]) -> tuple[int, int] | None:
     return (bits, errors) if found else None
 
 
-_ABORT_REASON = re.compile(r"^QBER(?:_[XZ])? ([0-9.]+) (?:above|>)")
+_ABORT_REASON = re.compile(r"\bQBER(?:_[XZ])? ([0-9.]+) (?:above|>) ")
 
 
 def aborted_block_qber(payload: dict[str, Any]) -> float | None:
@@ -62,7 +62,7 @@ def aborted_block_qber(payload: dict[str, Any]) -> float | None:
     reason = payload.get("reason")
     if payload.get("status") != "failed" or not isinstance(reason, str):
         return None
-    match = _ABORT_REASON.match(reason)
+    match = _ABORT_REASON.search(reason)  # also behind a prefix such as 'peer: '
     return float(match.group(1)) if match else None
 
 

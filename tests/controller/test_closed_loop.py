@@ -113,4 +113,5 @@ def test_z_counts_and_abort_reasons():
     assert z_counts({"matched_z_signal": True}) is None
     assert aborted_block_qber({"status": "failed", "reason": "QBER_Z 0.1300 above 0.11"}) == 0.13
     assert aborted_block_qber({"status": "failed", "reason": "start: bad frames"}) is None
+    assert aborted_block_qber({"status": "failed", "reason": "peer: QBER 0.2 > 0.11"}) == 0.2
     assert aborted_block_qber({"status": "no_key", "reason": "QBER_Z 0.2 above 0.11"}) is None
