@@ -240,3 +240,27 @@ def test_asymptotic_sifting_is_the_basis_match_probability():
     half = expected_key_rate(lim, None, optimise=False, sifting_factor=0.5)
     assert asym.extra["sifting_factor"] == pytest.approx(0.82)
     assert asym.rate_per_pulse == pytest.approx(half.rate_per_pulse * 0.82 / 0.5, rel=1e-9)
+
+
+@pytest.mark.parametrize("km, p_z", [(0.0, 0.5), (10.0, 0.7), (10.0, 0.1), (50.0, 0.7)])
+def test_optimiser_channel_per_basis_matches_the_link_model_under_dead_time(km, p_z):
+    """The optimiser's Lim forms, each basis thinned by its own pair's alive fraction, give the
+    key- and test-basis counts of linkmodel.expected_stats (which the simulator matches)."""
+    from pipeline.keyrate import LinkCounts
+
+    link = preset("snspd").with_distance(km).with_changes(source={"p_basis_z": p_z})
+    src = link.source
+    mu = (src.mu_signal, src.mu_decoy, src.mu_vacuum)
+    p = (src.p_signal, src.p_decoy, src.p_vacuum)
+    ch = Channel.from_link(link)
+    assert ch.dead_slots == 29
+    per_basis = []
+    for q in (p_z, 1 - p_z):  # Z, X
+        thin = ch.thinned(mu, p, q, q)
+        assert 0.2 < thin.alive < 1.0
+        per_basis.append(q**2 * sum(pk * thin.detection(m) for pk, m in zip(p, mu, strict=True)))
+    counts = LinkCounts.from_link(link)
+    assert per_basis[0] == pytest.approx(sum(counts.z), rel=0.01)
+    assert per_basis[1] == pytest.approx(counts.sifted_x, rel=0.01)
+    gys = Channel.from_link(preset("gys"))
+    assert gys.thinned(mu, p, 0.5, 0.5) is gys
