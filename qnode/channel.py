@@ -284,7 +284,13 @@ class ClassicalChannel:
                 self._lose_peer("one-time pad exhausted; new session")
                 raise ChannelError("Wegman-Carter pad exhausted; the session restarts")
         self._send_seq += 1
-        self._send_kind("msg", message, self._sid, self._send_seq, alg)
+        try:
+            self._send_kind("msg", message, self._sid, self._send_seq, alg)
+        except ValueError as exc:  # checkpoint bookkeeping out of step: never reuse a pad unit
+            if alg != "wc":
+                raise
+            self._lose_peer(f"Wegman-Carter checkpoint refused: {exc}")
+            raise ChannelError(str(exc)) from exc
         self.stats.sent += 1
 
     def _send_heartbeat(self) -> None:

@@ -163,3 +163,27 @@ def test_killed_transaction_leaves_no_half_row(tmp_path):
     ks.add_pending("after", 1, "p", b"k", META)  # the write lock was released by the kill
     assert ks.status("after") == "pending"
     ks.close()
+
+
+def test_pad_blocks_go_straight_to_auth_and_are_never_committed_key(store):
+    store.add_pending("p", 0, "bob", b"\x01" * 32, META)
+    store.commit("p", for_channel=True)
+    assert store.status("p") == "auth"
+    store.add_committed("q", 1, "bob", b"\x02" * 48, META, for_channel=True)
+    assert store.status("q") == "auth"
+    store.add_committed("k", 2, "bob", b"\x03" * 16, META)
+    assert store.auth_pad_len() == 80
+    assert store.auth_pad_bytes() == b"\x01" * 32 + b"\x02" * 48
+    assert store.committed_digest()[:2] == (1, 128)  # only the key block counts as key
+    # a block is key or pad, never switched by a repeated commit or insert
+    with pytest.raises(KeyStoreError, match="already auth"):
+        store.commit("p")
+    with pytest.raises(KeyStoreError, match="already committed"):
+        store.commit("k", for_channel=True)
+    with pytest.raises(KeyStoreError, match="already auth"):
+        store.add_committed("q", 1, "bob", b"\x02" * 48, META)
+    assert store.commit("p", for_channel=True) is None  # the same answer again: no-op
+    # the channel cursor only moves forward
+    store.advance_pad_cursor("units", 5)
+    store.advance_pad_cursor("units", 3)
+    assert store.pad_cursor("units") == 5
