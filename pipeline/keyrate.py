@@ -34,7 +34,7 @@ symmetric GYS link the sum is Ma 2005's ``q = 1/2``), for infinite decoys (exact
 and for the vacuum + weak decoy estimators (Lim's Eqs. 2-4 without fluctuations, which for
 mu3 = 0 are Ma's); mu1 is optimised, the decoy intensity is the link's.
 
-:func:`expected_node_key_rate` adds what the node runtime does to a block (n_X rounded up to
+:func:`pipeline.keyrate_node.expected_node_key_rate` adds what the node runtime does to a block (n_X rounded up to
 whole LDPC frames and event frames, the planned LDPC leak, the unreconciled tail dropped): the
 ``predicted_skr_mbps`` of the ``link`` perf row.
 """
@@ -559,87 +559,4 @@ def _asymptotic(params, ch, clock, distance, f_ec, q_fixed, optimise) -> KeyRate
             "y1_lower": y1_low,
             "e1_upper": e1_up,
         },
-    )  # fmt: skip
-
-
-# --------------------------------------------------------------------------- the node's blocks
-
-
-def expected_frames_to_fill(target: float, mean: float, var: float) -> float:
-    """E[N], N the first n with S_n >= target, S_n a sum of n i.i.d. per-frame counts of the
-    given mean and variance (normal approximation per n): ``sum_n P(S_n < target)``."""
-    if mean <= 0:
-        raise ValueError(f"per-frame mean must be > 0, got {mean}")
-    total, n = 1.0, 1  # S_0 = 0 < target
-    while True:
-        sd = math.sqrt(max(var * n, 1e-12))
-        p_short = 0.5 * math.erfc((n * mean - target) / (sd * math.sqrt(2.0)))
-        if p_short < 1e-12 and n * mean > target:
-            return total
-        total += p_short
-        n += 1
-
-
-def expected_node_key_rate(
-    params: LinkParams,
-    block_bits: int,
-    frame_slots: int,
-    *,
-    f_target: float = 1.15,
-    eps_sec: float = 1e-10,
-    eps_cor: float = 1e-12,
-) -> KeyRateResult:
-    """Expected secret key rate of the node runtime's blocks on the link's own settings.
-
-    :func:`expected_key_rate` answers for a block of ``n_X`` key-basis bits all reconciled at an
-    assumed ``f``. The runtime's block differs in three ways, all a-priori known:
-
-    * it closes at the first event frame (``frame_slots`` slots) that brings the key-basis count
-      to ``target = ceil(block_bits / k) k``, ``k`` the key bits of the LDPC frame planned for
-      the test-basis QBER (``pipeline.postprocess`` ``_close_target``); so ``n_X`` is ``target``
-      plus the overshoot of the last event frame (Wald: ``E[n_X] = E[N] * bits per frame``);
-    * only ``target`` bits are reconciled, the rest are dropped and paid one bit each;
-    * the leak is the planned syndrome (``m - p`` per LDPC frame, planned at the QBER rounded
-      up, ``pipeline.block_stages.plan_qber``) plus the verification tags; blind-round reveals
-      (rare at the planned efficiency) are not counted.
-
-    The counts are :class:`LinkCounts` (the simulator's model); ``extra`` carries the figures.
-    """
-    from pipeline.block_stages import frame_key_bits, plan_qber
-    from pipeline.ldpc.rate import plan_frame
-    from pipeline.verification import hash_repetitions
-
-    if block_bits < 1 or frame_slots < 1:
-        raise ValueError(f"block_bits and frame_slots must be >= 1: {block_bits}, {frame_slots}")
-    src = params.source
-    mu = (src.mu_signal, src.mu_decoy, src.mu_vacuum)
-    p = (src.p_signal, src.p_decoy, src.p_vacuum)
-    DecoySettings(mu, p, eps_sec, eps_cor)
-    counts = LinkCounts.from_link(params)
-    qber_x, qber_z = counts.qber_x, counts.qber_z
-    k = frame_key_bits(qber_z, f_target)
-    ldpc_frames = -(-block_bits // k)
-    target = ldpc_frames * k
-    per_frame = frame_slots * counts.sifted_x  # key-basis bits per event frame (~Poisson)
-    n_x = per_frame * expected_frames_to_fill(target, per_frame, per_frame)
-    plan = plan_frame(plan_qber(qber_z), f_target)
-    reps = hash_repetitions(k, eps_cor / ldpc_frames)
-    leak = ldpc_frames * (plan.leaked(0) + 61 * reps + 1)
-    dropped = n_x - target
-    pulses = n_x / counts.sifted_x
-    arr = lambda xs: tuple(np.array([pulses * c]) for c in xs)  # noqa: E731
-    bounds = decoy_core(arr(counts.x), arr(counts.z), arr(counts.errors_z),
-                        tuple(np.array([m]) for m in mu), tuple(np.array([x]) for x in p),
-                        eps_sec)  # fmt: skip
-    ell = float(key_length_core(bounds, leak, eps_sec, eps_cor)[0]) - dropped
-    ell = min(max(ell, 0.0), float(target))
-    rate = ell / pulses
-    f_ec = plan.leaked(0) / (k * binary_entropy(qber_x)) if qber_x > 0 else float("nan")
-    return KeyRateResult(
-        rate_per_pulse=rate, rate_bps=rate * src.clock_hz, distance_km=params.fibre.length_km,
-        block=round(n_x), qber=qber_x, mu=mu, p_mu=p, q_x=1.0 - src.p_basis_z, f_ec=f_ec,
-        eps_sec=eps_sec, eps_cor=eps_cor, key_length=math.floor(ell), pulses_per_block=pulses,
-        extra={"reconciled_bits": target, "ldpc_frame_bits": k, "dropped_bits": dropped,
-               "leak_bits": leak, "sifted_x_per_pulse": counts.sifted_x, "qber_z": qber_z,
-               "p_bob_z": params.p_bob_z},
     )  # fmt: skip

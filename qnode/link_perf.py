@@ -40,7 +40,7 @@ def _rss_mb(pid: int) -> float:
 def _predicted(params: Any, n_x: int) -> float | None:
     """Expected secret bits per simulated second of this run's blocks (Mbit/s).
 
-    :func:`pipeline.keyrate.expected_node_key_rate` on the node's settings: the link model's
+    :func:`pipeline.keyrate_node.expected_node_key_rate` on the node's settings: the link model's
     per-class, per-basis counts (what the simulator samples, dead time included), blocks that
     close at whole LDPC frames above ``BLOCK_BITS`` (mean ``n_X`` from the event frame size;
     the measured ``n_x`` of one block varies by +-3 % and is not used), the pipeline's planned
@@ -49,7 +49,7 @@ def _predicted(params: Any, n_x: int) -> float | None:
     """
     del n_x  # one block's size; the expected size is computed from the configuration
     try:
-        from pipeline.keyrate import expected_node_key_rate
+        from pipeline.keyrate_node import expected_node_key_rate
     except ModuleNotFoundError:
         return None
     from qnode.config import PipelineConfig

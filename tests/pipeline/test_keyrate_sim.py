@@ -12,13 +12,8 @@ import numpy as np
 import pytest
 
 from pipeline.estimation import binary_entropy
-from pipeline.keyrate import (
-    LinkCounts,
-    dead_time_alive_fraction,
-    expected_frames_to_fill,
-    expected_key_rate,
-    expected_node_key_rate,
-)
+from pipeline.keyrate import LinkCounts, dead_time_alive_fraction, expected_key_rate
+from pipeline.keyrate_node import expected_frames_to_fill, expected_node_key_rate
 from qnode import linkmodel as lm
 from sim_hw.physics import LinkSimulator
 from sim_hw.stats import bob_view
