@@ -343,6 +343,7 @@ class NodeController:
             self.state.link_status = "OFF" if name == "stop" else self.state.link_status
         elif name in ("resume", "start"):
             self.state.paused = self.state.paused_by_loop = False
+            self.loop.note_resume()  # the node may report 'holding' a moment longer
             self.state.link_status = "ACTIVE" if name == "start" else self.state.link_status
         return {"node_reply": reply.get("result", {})}
 

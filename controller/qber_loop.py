@@ -30,6 +30,7 @@ log = logging.getLogger("qnode.controller.loop")
 
 CLASSES = ("signal", "decoy", "vacuum")
 HOLD_RESEND_S = 2.0  # a node reporting "not holding" while held gets the hold again after this
+ADOPT_AFTER_S = 5.0  # a node still holding this long after our last resume: held before restart
 
 
 def _number(value: Any) -> bool:
@@ -83,6 +84,7 @@ class QberLoop:
         self.mode: str | None = None  # "hold" or "pause": how the loop stopped key production
         self._paused_at = 0.0
         self._hold_sent = 0.0
+        self._resumed_at = -ADOPT_AFTER_S  # last resume sent (loop or operator)
         self._window: tuple[int, int] | None = None  # (test bits, errors) at the window start
 
     async def on_block(self, qber: float) -> None:
@@ -124,7 +126,11 @@ class QberLoop:
     async def on_link(self, payload: dict[str, Any]) -> None:
         """The node's periodic ``link`` summary: the check while held (see module docstring)."""
         cfg = self._config()
-        if not cfg.enabled or not self.state.paused_by_loop:
+        if not cfg.enabled:
+            return
+        if not self.state.paused_by_loop:
+            if payload.get("holding") is True and self._since(self._resumed_at) > ADOPT_AFTER_S:
+                self._adopt_hold()
             return
         if self.mode != "hold":
             qber = payload.get("qber")
@@ -133,7 +139,7 @@ class QberLoop:
             return
         if payload.get("holding") is False:
             # Published before the hold reached the node, or post-processing restarted since.
-            if time.monotonic() - self._hold_sent > HOLD_RESEND_S:
+            if self._since(self._hold_sent) > HOLD_RESEND_S:
                 self._hold_sent = time.monotonic()
                 await self._send({"cmd": "hold", "args": {"reason": "qber_high"}})
             return
@@ -155,6 +161,26 @@ class QberLoop:
             log.info("closed loop: check failed, test-basis QBER %.4f over %d bits", qber, bits)
             self._window = counts
 
+    def _adopt_hold(self) -> None:
+        """The node holds but we did not hold it: a hold from before this controller restarted.
+        Take it over (alarm up, checks running), so a good check can release it."""
+        self.state.paused_by_loop = self.state.paused = True
+        self.mode, self._window, self._paused_at = "hold", None, time.monotonic()
+        self._hold_sent = time.monotonic()
+        message = "node holds key production (closed loop before a controller restart)"
+        if self.state.set_alarm("qber_high", True, message):
+            self._publish("qber_high")
+        log.warning("closed loop: %s; checking the test-basis QBER", message)
+
+    def note_resume(self) -> None:
+        """A resume went to the node (loop or operator): its summaries may say 'holding' a
+        moment longer; do not take that for a hold to adopt."""
+        self._resumed_at = time.monotonic()
+
+    @staticmethod
+    def _since(t: float) -> float:
+        return time.monotonic() - t
+
     async def on_estimate(self, qber: float) -> None:
         """A QBER estimate that is not a finished block, reported while paused (pause mode)."""
         cfg = self._config()
@@ -170,6 +196,7 @@ class QberLoop:
             return
         self.probation = True
         self.state.paused_by_loop = self.state.paused = False
+        self.note_resume()
         await self._send({"cmd": "resume", "args": {"reason": "qber_recheck"}})
 
     async def _resume(self, why: str) -> None:
@@ -180,6 +207,7 @@ class QberLoop:
         self.mode = None
         self.state.paused_by_loop = self.state.paused = False
         if was_paused:
+            self.note_resume()
             await self._send({"cmd": "resume", "args": {"reason": "qber_ok"}})
         if self.state.set_alarm("qber_high", False, why):
             self._publish("qber_high")

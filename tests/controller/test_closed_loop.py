@@ -115,3 +115,20 @@ def test_z_counts_and_abort_reasons():
     assert aborted_block_qber({"status": "failed", "reason": "start: bad frames"}) is None
     assert aborted_block_qber({"status": "failed", "reason": "peer: QBER 0.2 > 0.11"}) == 0.2
     assert aborted_block_qber({"status": "no_key", "reason": "QBER_Z 0.2 above 0.11"}) is None
+
+
+def test_a_hold_from_before_a_controller_restart_is_taken_over_and_released(node):
+    ctl, pub, node_cmd = node
+    state = ctl.controller.state
+    # A fresh controller; the node still holds (its summaries say so): alarm and checks resume.
+    pub.publish("qfs/telemetry/bob/link/", link_summary((100, 10, 0), (10, 1, 0), True))
+    wait_for(lambda: state.paused_by_loop, what="hold taken over")
+    assert state.alarms["qber_high"].active and "restart" in state.alarms["qber_high"].message
+    pub.publish("qfs/telemetry/bob/link/", link_summary((200, 20, 0), (20, 2, 0), True))
+    pub.publish("qfs/telemetry/bob/link/", link_summary((1200, 120, 0), (30, 3, 0), True))
+    wait_for(lambda: not state.paused_by_loop, what="released by a passing check")
+    assert node_cmd.commands() == ["resume"] and not state.alarms["qber_high"].active
+    # Right after that resume the node may still report holding: not a hold to take over.
+    pub.publish("qfs/telemetry/bob/link/", link_summary((1300, 130, 0), (31, 3, 0), True))
+    time.sleep(0.3)
+    assert not state.paused_by_loop and node_cmd.commands() == ["resume"]
