@@ -58,6 +58,7 @@ _SEND = zmq.backend.Socket.send
 _RECV = zmq.backend.Socket.recv
 _NB, _MORE = int(zmq.NOBLOCK), int(zmq.SNDMORE)
 _MAP_BYTES = frozenset(bytes([b]) for b in _MAP_FIRST)
+_new_message = object.__new__
 _SNAPSHOT_REQUEST = b"ICANHAZ?"
 _SNAPSHOT_END = b"KTHXBAI"
 
@@ -242,14 +243,16 @@ class Subscriber:
         dec = self._decoder
         topic_text = dec.topics.get(a)
         known = dec.prefixes.get(b[:-23])
-        if topic_text is None or known is None or b[-15:-8] != _TS_KEY:
+        if topic_text is None or known is None:
             return self._junk([a, b, c])  # first sight of a topic or header prefix, or bad
-        base, key = known
-        seq, ts_ns = _TAIL.unpack_from(b, len(b) - 23)
+        # A cached prefix is never empty, so b holds the prefix and exactly 23 bytes more.
+        seq, ts_key, ts_ns = _PUB_TAIL.unpack_from(b, len(b) - 23)
+        if ts_key != _TS_KEY:
+            return self._junk([a, b, c])
         if self.lazy_payload:
             if not c or c[0] not in _MAP_FIRST:
                 return self._take([a, b, c])  # counts it
-            msg = BusMessage._lazy(topic_text, base, key, seq, ts_ns, c, self._on_bad)
+            payload, raw, on_bad = None, c, self._on_bad
         else:
             try:
                 payload = unpackb(c)
@@ -258,8 +261,11 @@ class Subscriber:
             if not isinstance(payload, dict):
                 self.stats.malformed += 1
                 return None
-            msg = BusMessage._lazy(topic_text, base, key, seq, ts_ns, None, None)
-            msg._payload = payload
+            raw = on_bad = None
+        msg = _new_message(BusMessage)  # BusMessage._lazy, inlined (per-message cost)
+        msg.topic, msg.seq, msg.ts_ns, msg._header = topic_text, seq, ts_ns, None
+        msg._base, msg._payload, msg._raw, msg._on_bad = known[0], payload, raw, on_bad
+        key = msg.node, msg.src = known[1]
         return msg if self._account(key, seq) else None
 
     def _junk(self, frames: list[bytes], more: bool = False) -> BusMessage | None:
