@@ -34,14 +34,18 @@ class SharedPublisher:
     def __init__(self, pub: Any) -> None:
         self._pub = pub
         self._lock = threading.Lock()
+        self._closed = False
 
     def publish(self, topic_name: str, payload: dict[str, Any]) -> int:
+        """Send one message (nothing once closed: a poll thread may outlive the loop)."""
         with self._lock:
-            return self._pub.publish(topic_name, payload)
+            return 0 if self._closed else self._pub.publish(topic_name, payload)
 
     def close(self) -> None:
         with self._lock:
-            self._pub.close()
+            if not self._closed:
+                self._closed = True
+                self._pub.close()
 
 
 def describe(exc: BaseException) -> dict[str, Any]:
