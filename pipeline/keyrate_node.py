@@ -23,7 +23,12 @@ def expected_frames_to_fill(target: float, mean: float, var: float) -> float:
     given mean and variance (normal approximation per n): ``sum_n P(S_n < target)``."""
     if mean <= 0:
         raise ValueError(f"per-frame mean must be > 0, got {mean}")
-    total, n = 1.0, 1  # S_0 = 0 < target
+    if target > 1e4 * mean:  # many frames per block: the renewal limit (mean overshoot)
+        return (target + (var + mean**2) / (2.0 * mean)) / mean
+    # Below n_lo frames the sum is short of the target with certainty (> 12 sd).
+    spread = 12.0 * math.sqrt(max(var, 0.0) * max(target, 0.0) / mean)
+    n_lo = max(1, math.floor((target - spread) / mean))
+    total, n = float(n_lo), n_lo  # S_0 .. S_{n_lo - 1} < target
     while True:
         sd = math.sqrt(max(var * n, 1e-12))
         p_short = 0.5 * math.erfc((n * mean - target) / (sd * math.sqrt(2.0)))

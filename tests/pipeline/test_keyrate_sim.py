@@ -86,6 +86,14 @@ def test_expected_frames_to_fill_matches_a_monte_carlo():
         n_needed = (sums < target).sum(axis=1) + 1
         mc = sums[np.arange(sums.shape[0]), n_needed - 1].mean()
         assert mean * expected_frames_to_fill(target, mean, mean) == pytest.approx(mc, rel=2e-3)
+    # many frames per block: the renewal limit, target + E[X^2] / (2 E[X]), with no seam
+    assert 0.01 * expected_frames_to_fill(1e6, 0.01, 0.01) == pytest.approx(1e6 + 0.505)
+    below, above = (m * expected_frames_to_fill(1e6, m, m) for m in (99.9, 100.1))
+    assert below == pytest.approx(1e6 + 50.45, abs=0.5) and above == pytest.approx(
+        1e6 + 50.55, abs=0.5
+    )
+    with pytest.raises(ValueError, match="mean"):
+        expected_frames_to_fill(10, 0.0, 0.0)
 
 
 def test_node_block_prediction_is_the_finite_key_bound_with_the_pipeline_overheads():
