@@ -61,7 +61,7 @@ class Detections(NamedTuple):
     time_ps: np.ndarray  # int64: slot * period_ps + delay_ps + jitter
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, nogil=True)
 def _candidates(
     first_block, n_blocks, first_slot, end_slot, block_key, sym_ka, sym_kb, t_z, t_s, t_sd,
     p_bob_z, p_max, accept, split1, split2, zig_w, zig_k, zig_f, out_slot, out_mask, counts,
@@ -108,7 +108,7 @@ def _candidates(
         counts[j] = n
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _heap_push(heap, size, value):
     i = size
     heap[i] = value
@@ -121,7 +121,7 @@ def _heap_push(heap, size, value):
     return size + 1
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _heap_pop(heap, size):
     top = heap[0]
     size -= 1
@@ -141,7 +141,7 @@ def _heap_pop(heap, size):
     return top, size
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _detector_pass(
     cand_slot, cand_mask, counts, first_slot, end_slot, dead_until, heap, heap_size,
     n_dead, p_ap, ap_window, ap_ka, ap_kb, out_slot, out_chan, n_out,
@@ -188,7 +188,7 @@ def _detector_pass(
     return n_out, heap_size
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, nogil=True)
 def _stamp_times(
     slots, chans, jit_ka, jit_kb, jitter_ps, zig_w, zig_k, zig_f, period_int, period_frac,
     delay_ps, out,
@@ -216,6 +216,14 @@ def _stamp_times(
     for c in range(1, n_chunks):
         bad += out[c << 16] < out[(c << 16) - 1]
     return bad == 0
+
+
+class SimState(NamedTuple):
+    """Detector state between calls of one :class:`LinkSimulator` (see ``snapshot``)."""
+
+    next_slot: int
+    dead_until: np.ndarray  # int64 (4,): last dead slot per detector
+    heap: np.ndarray  # int64: pending afterpulses, (slot * 4 + detector), heap-ordered
 
 
 def _stream_keys(seed: int, tag: int) -> tuple[np.uint64, np.uint64]:
@@ -308,6 +316,26 @@ class LinkSimulator:
         self._ensure_heap_capacity()
         self._next_slot = 0
         self._buffers: dict[str, np.ndarray] = {}
+
+    def snapshot(self) -> SimState:
+        """The detector state carried between calls (dead time, pending afterpulses, next slot).
+
+        ``restore`` of it makes the next call continue from exactly this point, so a caller can
+        simulate ahead and later rewind (e.g. the world's read-ahead after a settings change).
+        """
+        size = self._heap_size
+        return SimState(self._next_slot, self._dead_until.copy(), self._heap[:size].copy())
+
+    def restore(self, state: SimState | None) -> None:
+        """Continue from ``state`` (None: a fresh run, as after ``reset``)."""
+        if state is None:
+            self.reset()
+            return
+        self._next_slot = int(state.next_slot)
+        self._dead_until = state.dead_until.copy()
+        self._heap_size = int(state.heap.size)
+        self._ensure_heap_capacity()
+        self._heap[: self._heap_size] = state.heap
 
     @property
     def params(self) -> lm.LinkParams:

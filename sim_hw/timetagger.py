@@ -1,8 +1,10 @@
 """Emulated time tagger (contracts §2.4, records §1.2), SCPI over TCP.
 
-Tags are made on demand: ``TAGS:FETCh? <max>`` asks the shared world to simulate further chunks
-of slots until ``max`` tags wait or a per-fetch budget is spent, so simulated time advances as
-tags are fetched (with ``realtime`` the world never runs ahead of wall clock x clock rate).
+Tags are made on demand: ``TAGS:FETCh? <max>`` takes the chunks the world simulated ahead while
+acquiring, and only when no tag waits at all asks it to simulate (until ``max`` tags wait or a
+per-fetch budget is spent), so simulated time advances as tags are fetched and a fetch answers
+with what is buffered, as a real tagger does (with ``realtime`` the world never runs ahead of
+wall clock x clock rate).
 Channel 0 is the sync input (one tag every ``SYNC:PERiod`` slots), channels 1-4 the detectors.
 
 Ordering: a tag's time includes jitter and the per-input delay, so the tags of one chunk can
@@ -13,6 +15,7 @@ Records are ``uint64 = (time_ps << 8) | channel`` packed with numpy and sent in 
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import deque
 from typing import TYPE_CHECKING
@@ -29,6 +32,7 @@ N_INPUTS = 5  # 0 = sync, 1-4 = detectors Z0, Z1, X0, X1
 MAX_FETCH = 1 << 24  # tags per fetch: 128 MiB of records
 MAX_PENDING = 1 << 25  # buffered tags (256 MiB); beyond, the oldest are dropped
 FETCH_BUDGET_S = 0.25  # wall time one fetch may spend simulating before it answers
+HOLD_POLL_S = 0.002  # a fetch waiting for the read-ahead looks this often
 PULSE_HEIGHT_V = 1.0  # the detectors' output pulses; a threshold above it sees nothing
 RATE_WINDOW_S = 1.0
 
@@ -84,6 +88,7 @@ class TimeTagger(ScpiDevice):
 
     def reset(self) -> None:
         self.acquiring = False
+        self._world.read_ahead(False)
         self.threshold_v[:] = [0.5] * N_INPUTS  # in place: the command handlers hold the lists
         self.delay_ps[:] = [0.0] * N_INPUTS
         self.sync_period_slots = 1 << 20
@@ -129,10 +134,12 @@ class TimeTagger(ScpiDevice):
         self._n_pending = 0
         self._held = np.empty(0, np.uint64)
         self.acquiring = True
+        self._world.read_ahead(True)
 
     def _stop(self) -> None:
         """Stop: nothing more is simulated into the buffer, so held-back tags are final."""
         self.acquiring = False
+        self._world.read_ahead(False)
         if self._held.size:
             self._pending.append(self._held)
             self._n_pending += self._held.size
@@ -142,6 +149,17 @@ class TimeTagger(ScpiDevice):
         if self.acquiring and self._world.realtime:
             self._generate_until(None, time.monotonic() + FETCH_BUDGET_S)
         return self._n_pending
+
+    async def hold(self, msg: bytes) -> None:
+        """Before a fetch that finds no tag buffered, wait (yielding the event loop to the
+        other instruments) for the chunk the world's read-ahead is simulating."""
+        if not self.acquiring or self._n_pending or b"FETC" not in msg.upper():
+            return
+        deadline = time.monotonic() + FETCH_BUDGET_S
+        while self._world.ahead_busy() and not self._world.available():
+            if time.monotonic() > deadline:
+                return
+            await asyncio.sleep(HOLD_POLL_S)
 
     def _fetch(self, max_tags: int) -> bytes:
         if self.acquiring:
@@ -166,8 +184,11 @@ class TimeTagger(ScpiDevice):
         return out
 
     def _generate_until(self, max_tags: int | None, deadline: float) -> None:
-        """Simulate chunks until ``max_tags`` wait, the world can go no further, or time is up."""
+        """Take chunks until ``max_tags`` wait, the world can go no further, or time is up; once
+        some tags wait, only chunks already simulated ahead (the caller is waiting)."""
         while max_tags is None or self._n_pending < max_tags:
+            if self._n_pending and not self._world.available():
+                break
             if not self._world.advance_chunk():
                 break
             if time.monotonic() > deadline:

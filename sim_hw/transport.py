@@ -68,6 +68,9 @@ async def serve_session(
                 log.info("%s: fault stall swallows %r", device.name, msg[:60])
                 continue
             delay_s = faults.take_delay_s()
+            hold = getattr(device, "hold", None)  # a device may wait for data without blocking
+            if hold is not None:
+                await hold(msg)
             reply = device.execute(msg)
             fault = faults.take_error()
             if fault is not None:

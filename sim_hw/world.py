@@ -12,7 +12,9 @@ Physical impairments set over the control endpoint (``impair``: receiver misalig
 noise from a co-propagating classical channel) override the link's own values the same way.
 Simulated time advances only when the tagger asks for tags (chunks of slots); with ``realtime``
 it never passes wall clock x clock rate since the run began. ``current_slot`` is the next slot to
-be simulated; switching the source on starts a new run at slot 0.
+be delivered; switching the source on starts a new run at slot 0. While the tagger acquires, a
+worker thread simulates the next few chunks ahead (``sim_hw.readahead``), so the simulation runs
+while tags travel and the instruments stay responsive; the tags delivered are the same.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import logging
 import math
 import shutil
 import tempfile
+import threading
 import time
 
 import numba
@@ -36,7 +39,8 @@ from sim_hw import symbols
 from sim_hw.attenuator import Attenuator
 from sim_hw.detector import DetectorModule
 from sim_hw.faults import FaultError
-from sim_hw.physics import LinkSimulator
+from sim_hw.physics import LinkSimulator, SimState
+from sim_hw.readahead import MAX_AHEAD_CHUNKS, Chunk, ReadAhead
 from sim_hw.source import PulseSource
 from sim_hw.timetagger import RATE_WINDOW_S, RateMeter, TimeTagger
 from sim_hw.transport import PtyEndpoint, TcpEndpoint
@@ -56,15 +60,18 @@ IMPAIRMENTS = {"misalignment": "receiver", "classical_power_dbm": "fibre"}
 class World:
     """The shared physics state of one link and its four instruments."""
 
-    def __init__(self, params: LinkParams, seed: int = 1, realtime: bool = False) -> None:
+    def __init__(
+        self, params: LinkParams, seed: int = 1, realtime: bool = False, read_ahead: bool = True
+    ) -> None:
         self.base = params
         self.seed = int(seed)
         self.realtime = realtime
-        self.current_slot = 0
         self.detector_meter = RateMeter()  # clicks per detector, before the tagger's inputs
         self._dirty = True
         self._run_wall_start = time.monotonic()
         self._sim: LinkSimulator | None = None
+        self._sim_lock = threading.Lock()  # the simulator: event loop or read-ahead worker
+        self.ahead = ReadAhead(self._produce, MAX_AHEAD_CHUNKS if read_ahead else 0)
         self.impairments: dict[str, float] = {}  # see impair()
         self.timetagger = TimeTagger(self)
         self.source = PulseSource(self, params.source)
@@ -84,22 +91,32 @@ class World:
         symbols.symbols_range(0, 0, 16, 0.5, 0.8, 0.1)
         symbols.symbols_for_slots(0, np.arange(16), 0.5, 0.8, 0.1)
 
+    @property
+    def current_slot(self) -> int:
+        """The next slot to be delivered to the tagger."""
+        return self.ahead.slot
+
+    def read_ahead(self, on: bool) -> None:
+        """Simulate ahead on the worker thread while the tagger acquires (started lazily)."""
+        if on:
+            self.ahead.start()
+        self.ahead.enable(on)
+
     # --- instruments tell the world -------------------------------------------------------
     def settings_changed(self) -> None:
         """A setting changed: simulate with it from the next chunk; rates restart from now."""
         self._dirty = True
+        self.ahead.invalidate()
         self.detector_meter.clear()
         self.timetagger.meter.clear()
 
     def start_run(self) -> None:
         """The source switched on: slot 0 of a new run, detector state and buffers cleared."""
-        self.current_slot = 0
         self._run_wall_start = time.monotonic()
         self._dirty = True
+        self.ahead.restart()
         self.detector_meter.clear()
         self.timetagger.new_run()
-        if self._sim is not None:
-            self._sim.reset()
 
     @property
     def light_on(self) -> bool:
@@ -137,9 +154,8 @@ class World:
         return self._sim
 
     # --- simulated time -------------------------------------------------------------------
-    def advance_chunk(self) -> bool:
-        """Simulate the next chunk of slots into the tagger; False if realtime forbids it."""
-        sim = self._simulator()
+    def _chunk_slots(self, sim: LinkSimulator, first: int) -> int:
+        """Slots of the chunk starting at ``first`` (<= 0: realtime forbids simulating now)."""
         # ~TARGET_CHUNK_TAGS per chunk: big blocks for throughput, bounded memory. p_max bounds
         # the clicks per slot, so a dark link gets long chunks and a bright one short ones.
         n = int(TARGET_CHUNK_TAGS / max(sim.p_max, 1e-12))
@@ -148,10 +164,13 @@ class World:
         if self.realtime:
             clock_hz = sim.params.source.clock_hz
             allowed = int((time.monotonic() - self._run_wall_start) * clock_hz)
-            n = min(n, allowed - self.current_slot)
-            if n <= 0:
-                return False
-        first = self.current_slot
+            n = min(n, allowed - first)
+        return n
+
+    def _simulate(self, gen: int, first: int, n: int, state: SimState | None) -> Chunk:
+        """One chunk from the detector state at ``first`` (caller holds ``_sim_lock``)."""
+        sim = self._sim
+        sim.restore(state)
         # One numba thread: the world shares the machine with both nodes' processes, and a
         # parallel pass then waits for a worker thread to be scheduled (measured under load,
         # snspd 10 km: 33-46 M slots/s on 2 threads, 104 M slots/s on 1).
@@ -161,18 +180,55 @@ class World:
             det = sim.simulate(first, n)
         finally:
             numba.set_num_threads(threads)
+        rx = sim.params.receiver
+        return Chunk(gen, first, n, det.channel, det.time_ps, sim.snapshot(), sim.period_ps,
+                     rx.jitter_ps, sim.delay_ps)  # fmt: skip
+
+    def _produce(self, gen: int, first: int, state: SimState | None) -> bool:
+        """Read-ahead worker: queue the chunk at ``first``, unless settings wait to be applied
+        or realtime forbids it (False)."""
+        with self._sim_lock:
+            if self._dirty or self._sim is None or gen != self.ahead.gen:
+                return False
+            n = self._chunk_slots(self._sim, first)
+            if n <= 0:
+                return False
+            self.ahead.offer(self._simulate(gen, first, n, state))
+            return True
+
+    def advance_chunk(self) -> bool:
+        """Deliver the next chunk of slots to the tagger (simulated ahead or now); False if
+        realtime forbids it."""
+        chunk = self.ahead.take()
+        if chunk is None:
+            with self._sim_lock:
+                chunk = self.ahead.take()  # the worker may just have finished it
+                if chunk is None:
+                    sim = self._simulator()
+                    first = self.ahead.slot
+                    n = self._chunk_slots(sim, first)
+                    if n <= 0:
+                        return False
+                    chunk = self._simulate(self.ahead.gen, first, n, self.ahead.state)
+                    self.ahead.advance(chunk)
         armed = np.array([False, *self.detector.armed()])
-        channel, time_ps = det.channel, det.time_ps
+        channel, time_ps = chunk.channel, chunk.time_ps
         if not armed[1:].all():
             keep = armed[channel]
             channel, time_ps = channel[keep], time_ps[keep]
-        self.current_slot = first + n
-        period_ps = sim.period_ps
         counts = np.bincount(channel, minlength=5)
-        self.detector_meter.record(n * period_ps * 1e-12, counts)
-        jitter = sim.params.receiver.jitter_ps
-        self.timetagger.ingest(first, n, period_ps, channel, time_ps, jitter, sim.delay_ps)
+        self.detector_meter.record(chunk.n * chunk.period_ps * 1e-12, counts)
+        self.timetagger.ingest(chunk.first, chunk.n, chunk.period_ps, channel, time_ps,
+                               chunk.jitter_ps, chunk.delay_ps)  # fmt: skip
         return True
+
+    def available(self) -> bool:
+        """Whether a chunk simulated ahead waits (delivering it costs no simulation)."""
+        return self.ahead.queued > 0
+
+    def ahead_busy(self) -> bool:
+        """Whether the read-ahead worker is simulating the next chunk (settings applied)."""
+        return self.ahead.running and not self._dirty
 
     def fill_meter(self, meter: RateMeter) -> None:
         """Advance until ``meter`` covers a simulated second, or at least ``MIN_RATE_WINDOW_S``
@@ -180,8 +236,11 @@ class World:
         passes; here time passes only by simulating)."""
         deadline = time.monotonic() + RATE_BUDGET_S
         while meter.covered_s < RATE_WINDOW_S * 0.999:
-            if meter.covered_s >= MIN_RATE_WINDOW_S and time.monotonic() > deadline:
+            enough = meter.covered_s >= MIN_RATE_WINDOW_S
+            if enough and time.monotonic() > deadline:
                 break
+            if enough and self.ahead_busy() and not self.available():
+                break  # tags stream: the window fills as they are fetched, never stall them
             if not self.advance_chunk():
                 break
 
@@ -259,6 +318,7 @@ class World:
             "clock_hz": params.source.clock_hz,
             "realtime": self.realtime,
             "faults": self.faults(),
+            "read_ahead": self.ahead.stats(),
             "impairments": dict(self.impairments),
             "misalignment": params.receiver.misalignment,
             "classical_power_dbm": params.fibre.classical_power_dbm,
@@ -371,6 +431,7 @@ class WorldServer:
         raise ValueError(f"unknown op {op!r}")
 
     async def close(self) -> None:
+        self.world.ahead.close()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(BaseException):
