@@ -29,7 +29,6 @@ import subprocess
 import sys
 import tempfile
 import tomllib
-from importlib import resources as importlib_resources
 from pathlib import Path
 from typing import Any, Literal
 
@@ -41,6 +40,9 @@ from hal.roles import REGISTRY, ROLE_OF_FIELD
 ROLE_FIELDS = ("source", "attenuator", "detector", "timetagger")
 NEEDED = {"alice": ("source",), "bob": ("timetagger",), "link": ("source", "timetagger")}
 SIM_PREFIX = "sim:"
+# Bundled benches, found beside this module: importlib.resources.files("hal") can name another
+# folder called hal (e.g. tests/hal when a test runner put tests/ on sys.path first).
+BENCHES = Path(__file__).resolve().parent / "benches"
 
 
 class BenchError(ValueError):
@@ -152,7 +154,7 @@ def load_config(path: str | Path) -> BenchConfig:
     """Read and validate a bench file (a path, or the name of a bundled bench in hal/benches)."""
     path = Path(path)
     if not path.exists() and not path.suffix:
-        path = Path(str(importlib_resources.files("hal") / "benches" / f"{path}.toml"))
+        path = BENCHES / f"{path}.toml"
     try:
         data = tomllib.loads(path.read_text())
     except FileNotFoundError:
@@ -407,5 +409,5 @@ def same_value(wanted: Any, got: Any) -> bool:
 
 def bundled_benches() -> list[str]:
     """Names of the example benches shipped in hal/benches."""
-    folder = importlib_resources.files("hal") / "benches"
+    folder = BENCHES
     return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".toml"))

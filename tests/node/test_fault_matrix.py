@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 
 import pytest
 import zmq
@@ -156,8 +155,7 @@ def test_health_poll_reports_each_kind_with_device_and_command():
     then ``running`` at the next poll; an in-line detector error is not reported twice; an
     attenuation changed behind the driver's back is a fault; a slow reply is latency only."""
     published: list[tuple[str, dict]] = []
-    # by path: under pytest, the name "hal" may resolve to the tests/hal folder for resources
-    with Bench.load(Path(__file__).resolve().parents[2] / "hal/benches/sim_link.toml") as bench:
+    with Bench.load("sim_link") as bench:
         control = bench.world.instruments["control"]
         monitor = InstrumentMonitor(bench.roles, "bench",
                                     lambda t, p: published.append((t, p)), interval_s=0.1)  # fmt: skip
