@@ -111,7 +111,8 @@ def test_qber_rise_in_the_world_holds_key_production_and_clearing_it_resumes(tmp
         assert high and high[-1] > THRESHOLD, high
         assert "above" in watch.alarms["bob"][-1]["message"]
         at_alarm = _committed(link, "bob")
-        assert _holding(link, "bob") and _holding(link, "alice")
+        # the alarm goes out just before the hold is sent
+        watch.wait(lambda: _holding(link, "bob") and _holding(link, "alice"), 10, "nodes hold")
         tree = httpx.get(f"{state_url['bob']}/restconf/data/etsi-qkd-sdn-node:qkd_node").json()
         qkd_link = tree["etsi-qkd-sdn-node:qkd_node"]["qkd_links"]["qkd_link"][0]
         assert qkd_link["qkdl_status"].endswith("PASSIVE") and qkd_link["qkdl_enable"] is False
