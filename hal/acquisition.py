@@ -139,6 +139,7 @@ class Acquisition:
         self.monitor: InstrumentMonitor | None = None
         self.source_settings: dict[str, float] = {}
         self.frames_out = 0
+        self.frames_failed = 0  # Alice: symbol requests answered as failed (instrument fault)
         self.push_wait_s = 0.0  # time spent waiting for post-processing (back-pressure)
         self.fetch_s = 0.0  # time spent fetching tags from the instrument
         self.detections = np.zeros(5, np.int64)
@@ -174,6 +175,8 @@ class Acquisition:
             "paused": self.paused,
             "faults": self.faults,
         }
+        if self.cfg.role == "alice":
+            payload["frames_failed"] = self.frames_failed
         if self.cfg.role == "bob":
             payload.update({f"det{ch}_per_s": float(rates[ch]) for ch in range(1, 5)})
             payload["detections_per_s"] = float(rates[1:].sum())
@@ -350,6 +353,7 @@ class Acquisition:
             except InstrumentError as exc:
                 self._instrument("source", "fault", exc)
                 symbols, ok = np.empty(0, np.uint8), False
+                self.frames_failed += 1  # Bob drops this frame too (sift_reply failed)
             reply = {"frame": header.get("frame"), "ok": ok, "n": int(len(symbols)),
                      "source": self.source_settings}  # fmt: skip
             out.send_multipart([packb(reply), np.ascontiguousarray(symbols, np.uint8)], copy=False)

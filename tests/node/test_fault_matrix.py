@@ -143,6 +143,11 @@ def test_every_fault_kind_on_every_instrument_during_a_link(tmp_path):
             return sifted[0] is not None and sifted[0] == sifted[1]
 
         _wait(link, same_frames, 20, "both sides reporting the same sifted frames")
+        # exactly one frame lost per source fault met by a symbol request, none for the others
+        in_loop = [k for k in ("drop", "stall", "garbage")
+                   if seen[("source", k)].startswith(":SOUR:SYMB")]  # fmt: skip
+        acq = link.latest["alice"]["qfs/telemetry/alice/acquisition/"]
+        assert acq["frames_failed"] == len(in_loop), (acq, seen)
         assert len(seen) == 20, sorted(seen)
         print("fault matrix (instrument, kind) -> reported against:", seen)
     finally:
