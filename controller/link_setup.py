@@ -10,21 +10,19 @@ CURVE is off in ``--sim`` (everything on loopback); the KMS uses mutual TLS alwa
 from __future__ import annotations
 
 import json
-import socket
 import time
 from pathlib import Path
 from typing import Any
 
 from controller.pki import init_pki, read_manifest
+from qnode.ports import free_port
 
 ROLES = ("alice", "bob")
 DEFAULT_SAES = {"alice": "sae-alice", "bob": "sae-bob"}
 
 
 def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_port()
 
 
 def link_saes(pki: Path) -> dict[str, str]:

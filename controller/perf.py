@@ -167,11 +167,9 @@ def telemetry_row(quick: bool = False) -> dict[str, Any]:
 
 # -- kms -------------------------------------------------------------------------------------
 def _free_port() -> int:
-    import socket
+    from qnode.ports import free_port
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_port()
 
 
 def _start_kmes(tmp: Path, n_keys: int) -> tuple[dict[str, Any], list[subprocess.Popen]]:

@@ -205,12 +205,10 @@ def write_configs(
 
 
 def free_port() -> int:
-    """A TCP port free on loopback right now (for the classical channel)."""
-    import socket
+    """A TCP port free on loopback now, outside the ephemeral range (see ``qnode.ports``)."""
+    from qnode.ports import free_port as _free
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return _free()
 
 
 def _write_node(path: Path, node: dict[str, Any]) -> None:
