@@ -40,9 +40,13 @@ class NodeCommandClient:
         if self._sock is None:
             sock = self.ctx.socket(zmq.DEALER)
             sock.linger = 0
-            if self.curve:
-                sock.curve_publickey, sock.curve_secretkey, sock.curve_serverkey = self.curve
-            sock.connect(self.endpoint)
+            try:  # a bad key or endpoint must not leave an open socket (term() would wait)
+                if self.curve:
+                    sock.curve_publickey, sock.curve_secretkey, sock.curve_serverkey = self.curve
+                sock.connect(self.endpoint)
+            except BaseException:
+                sock.close(0)
+                raise
             self._sock = sock
         return self._sock
 
