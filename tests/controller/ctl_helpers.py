@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import threading
 import time
 import uuid
@@ -16,12 +15,11 @@ from controller.config import ControllerConfig, parse_config
 from controller.node_controller import NodeController
 from controller.tls import client_ssl_context
 from qnode.keystore import KeyStore
+from qnode.ports import free_port as qnode_free_port
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return qnode_free_port()
 
 
 def seed_blocks(

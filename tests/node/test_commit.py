@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,6 +14,7 @@ import pytest
 
 from pipeline.commit import CommitInitiator, CommitResponder
 from qnode.keystore import KeyStore
+from qnode.ports import free_port as qnode_free_port
 
 META = {"qber": 0.02, "n_x": 1000, "leak_bits": 100, "eps_sec": 1e-10, "eps_cor": 1e-12}
 KEY = b"\x11" * 32
@@ -106,9 +106,7 @@ def test_wegman_carter_blocks_leave_the_pool_on_both(stores):
 
 
 def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return qnode_free_port()
 
 
 PEER = str(Path(__file__).with_name("commit_peer.py"))
