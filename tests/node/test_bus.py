@@ -71,6 +71,7 @@ def test_hub_forwards_with_header_and_prefix_does_not_overmatch():
 def test_gaps_and_malformed_are_counted_not_raised():
     ctx = zmq.Context()
     raw = ctx.socket(zmq.PUB)
+    raw.linger = 0
     port = raw.bind_to_random_port("tcp://127.0.0.1")
     sub = Subscriber(f"tcp://127.0.0.1:{port}", context=ctx)
     t = b"qfs/telemetry/alice/link/"

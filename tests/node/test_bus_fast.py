@@ -71,6 +71,7 @@ def test_fast_path_still_rejects_bad_headers():
 def _raw_pub_and_sub(**kw):
     ctx = zmq.Context()
     raw = ctx.socket(zmq.PUB)
+    raw.linger = 0
     port = raw.bind_to_random_port("tcp://127.0.0.1")
     sub = Subscriber(f"tcp://127.0.0.1:{port}", context=ctx, **kw)
     for _ in range(100):  # slow joiner
