@@ -334,25 +334,32 @@ class Subscriber:
     def recv_batch(
         self, max_messages: int = 1024, timeout_ms: int | None = None
     ) -> list[BusMessage]:
-        """Up to ``max_messages`` valid messages: poll only if nothing is queued, then drain
-        without blocking (one wake-up takes everything that is ready, up to the bound)."""
+        """Up to ``max_messages`` valid messages, [] on timeout: drain what is queued without
+        blocking (at most ``max_messages`` reads per round, dropped ones included); poll only
+        when a round found nothing valid, until ``timeout_ms`` has passed."""
         out: list[BusMessage] = []
-        read, append = self._read, out.append
-        try:
-            msg = read()
-        except zmq.Again:
-            if not self._sock.poll(timeout_ms):
-                return out
-        else:
-            if msg is not None:
-                append(msg)
-        for _ in range(max_messages - len(out)):  # reads that drop a message count too: bounded
-            try:
-                msg = read()
-            except zmq.Again:
+        read, append, deadline = self._read, out.append, None
+        while True:
+            for _ in range(max_messages):
+                try:
+                    msg = read()
+                except zmq.Again:
+                    break
+                if msg is not None:
+                    append(msg)
+            if out:
                 break
-            if msg is not None:
-                append(msg)
+            if timeout_ms is None:
+                wait = None
+            elif deadline is None:
+                deadline, wait = time.monotonic() + timeout_ms / 1000, timeout_ms
+            else:
+                left = deadline - time.monotonic()
+                if left < 0:
+                    break
+                wait = int(left * 1000)
+            if not self._sock.poll(wait):
+                break
         self.stats.received += len(out)
         return out
 

@@ -220,3 +220,27 @@ def test_a_hub_that_cannot_bind_closes_its_sockets():
     done.start()
     done.join(5)
     assert not done.is_alive(), "term() waited on a socket the failed hub left open"
+
+
+def test_recv_batch_waits_past_a_dropped_message_until_its_timeout():
+    """A malformed message alone does not end the wait: a good one 0.1 s later is returned."""
+    import threading
+
+    ctx, raw, sub = _raw_pub_and_sub()
+    lock = threading.Lock()
+
+    def later() -> None:
+        with lock:
+            raw.send_multipart([T, _plain_header(3), packb({"a": 3})])
+
+    with lock:
+        raw.send_multipart([T, b"\xc1", packb({})])  # malformed
+    timer = threading.Timer(0.1, later)
+    timer.start()
+    batch = sub.recv_batch(10, 5000)
+    timer.join()
+    assert [m.seq for m in batch] == [3] and sub.stats.malformed == 1
+    t0 = time.monotonic()
+    assert sub.recv_batch(10, 200) == []
+    assert time.monotonic() - t0 >= 0.15  # the timeout was waited, not cut short
+    sub.close(), raw.close(), ctx.term()
