@@ -49,10 +49,16 @@ _PAYLOAD = {
 
 
 # -- telemetry -------------------------------------------------------------------------------
+# PUB and SUB queue sizes of the blast: a burst the subscriber cannot keep up with waits in these
+# queues (and the kernel's TCP buffers) instead of being dropped; any drop shows in "lost" and
+# in the subscriber's sequence-gap count "gaps_counted".
+_HWM = 100_000
+
+
 def _publisher(endpoint_q: Any, go: Any, n: int, rate: float) -> None:
     from qnode.bus import Publisher
 
-    pub = Publisher("tcp://127.0.0.1:0", "perf", "bench", connect=False, sndhwm=100_000)
+    pub = Publisher("tcp://127.0.0.1:0", "perf", "bench", connect=False, sndhwm=_HWM)
     endpoint_q.put(pub.endpoint)
     while not go.is_set():  # slow joiner: keep announcing until the subscriber is there
         pub.publish("svc/mgmt/perf/warmup/", {})
@@ -85,7 +91,10 @@ def _telemetry_run(n: int, rate: float, lazy: bool = True) -> dict[str, Any]:
     proc = ctx.Process(target=_publisher, args=(endpoint_q, go, n, rate), daemon=True)
     proc.start()
     sub = Subscriber(
-        endpoint_q.get(timeout=30), ["qfs/telemetry/perf/", "svc/mgmt/perf/"], lazy_payload=lazy
+        endpoint_q.get(timeout=30),
+        ["qfs/telemetry/perf/", "svc/mgmt/perf/"],
+        lazy_payload=lazy,
+        rcvhwm=_HWM,
     )
     while (msg := sub.recv(timeout_ms=30_000)) is not None and "warmup" not in msg.topic:
         pass
@@ -148,6 +157,7 @@ def telemetry_row(quick: bool = False) -> dict[str, Any]:
         "stage": "telemetry",
         "impl": "qnode",
         "transport": "tcp loopback, separate processes",
+        "hwm": _HWM,
         "msgs_per_s": blast["msgs_per_s"],
         "lost": blast["lost"],
         "gaps_counted": blast["gaps_counted"],
