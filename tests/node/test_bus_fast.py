@@ -244,3 +244,13 @@ def test_recv_batch_waits_past_a_dropped_message_until_its_timeout():
     assert sub.recv_batch(10, 200) == []
     assert time.monotonic() - t0 >= 0.15  # the timeout was waited, not cut short
     sub.close(), raw.close(), ctx.term()
+
+
+def test_telemetry_perf_run_is_a_real_pub_sub_that_accounts_for_every_message():
+    """The ``telemetry`` perf row's measurement: a publisher process, this subscriber, TCP."""
+    from controller.perf import _telemetry_run
+
+    out = _telemetry_run(3000, 0.0, lazy=True)
+    # The high-water marks hold a 3000-message burst: nothing lost, no gap counted.
+    assert out["received"] == 3000 and out["lost"] == 0 and out["gaps_counted"] == 0
+    assert out["msgs_per_s"] > 0 and out["sub_cpu_us"] > 0 and out["pub_cpu_us"] > 0
