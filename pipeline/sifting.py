@@ -13,9 +13,12 @@ tests over :func:`pipeline.channel.loopback_pair`). Per-event flags travel as bi
 arrays, bit ``t`` of byte ``j`` is event ``8j + t`` (numpy ``bitorder="little"``), zero-padded to
 whole 64-bit words.
 
-1. Bob -> Alice ``sift_announce``: ``frame``, ``n``, ``slot`` (int64), ``basis`` (plane, 1 = X)
-   and ``test_bits`` (plane: Bob's bit where he measured Z, 0 elsewhere; Z bits are disclosed
-   anyway and those of unmatched slots are discarded).
+1. Bob -> Alice ``sift_announce``: ``frame``, ``n``, the slots as ``slot0`` (int) and
+   ``slot_delta`` (``n - 1`` gaps between successive slots in the narrowest of uint16 / uint32 /
+   int64 that holds the largest; a quarter of the int64 list on bright links, where the list
+   dominates the message), ``basis`` (plane, 1 = X) and ``test_bits`` (plane: Bob's bit where he
+   measured Z, 0 elsewhere; Z bits are disclosed anyway and those of unmatched slots are
+   discarded). A plain ``slot`` (int64[n]) instead of ``slot0``/``slot_delta`` is accepted too.
 2. Alice fetches her symbols for ``slot`` and answers ``sift_reply``: ``frame``, ``n``,
    ``match`` (plane: bases agree), ``intensity_lo`` / ``intensity_hi`` (planes: the two bits of
    the intensity class of matched events) and ``test_errors`` (Z errors per intensity class).
@@ -297,6 +300,42 @@ def _check_n(message: dict[str, Any]) -> int:
     return n
 
 
+_DELTA_TYPES = (np.dtype("<u2"), np.dtype("<u4"), np.dtype("<i8"))
+
+
+def _narrow(delta: np.ndarray) -> np.ndarray:
+    """Positive slot gaps in the narrowest of uint16 / uint32 / int64 that holds them all."""
+    top = int(delta.max()) if delta.size else 0
+    for dtype in _DELTA_TYPES[:2]:
+        if top <= np.iinfo(dtype).max:
+            return delta.astype(dtype)
+    return delta
+
+
+def _announced_slots(message: dict[str, Any], n: int) -> np.ndarray:
+    """The announced slots (int64, strictly increasing, non-negative) from ``slot0`` and
+    ``slot_delta``, or from a plain ``slot`` list."""
+    if "slot" in message:
+        slot = _check_array("slot", message.get("slot"), np.int64, n)
+        if slot[0] < 0 or (n > 1 and not (np.diff(slot) > 0).all()):
+            raise ValueError("slot must be non-negative and strictly increasing")
+        return slot
+    slot0 = message.get("slot0")
+    if isinstance(slot0, bool) or not isinstance(slot0, int) or not 0 <= slot0 < 2**62:
+        raise ValueError(f"slot0 must be a non-negative integer, got {slot0!r}")
+    delta = message.get("slot_delta")
+    if not isinstance(delta, np.ndarray) or delta.dtype not in _DELTA_TYPES:
+        raise ValueError("slot_delta must be a uint16, uint32 or int64 array")
+    delta = _check_array("slot_delta", delta, delta.dtype, n - 1)
+    if delta.size and (delta.min() <= 0 or slot0 + int(delta.astype(np.int64).sum()) >= 2**62):
+        raise ValueError("slot_delta must be positive (strictly increasing slots) and in range")
+    slot = np.empty(n, np.int64)
+    slot[0] = slot0
+    np.cumsum(delta, dtype=np.int64, out=slot[1:])
+    slot[1:] += slot0
+    return slot
+
+
 def _joined_key(scratch: np.ndarray, nkey: np.ndarray) -> np.ndarray:
     stride = _CHUNK + _SLACK
     return np.concatenate([scratch[c * stride : c * stride + k] for c, k in enumerate(nkey)])
@@ -345,7 +384,8 @@ class SiftingBob:
             "type": "sift_announce",
             "frame": frame,
             "n": n,
-            "slot": slot,
+            "slot0": int(slot[0]),
+            "slot_delta": _narrow(np.diff(slot)),
             "basis": basis_w.view(np.uint8),
             "test_bits": (bit_w & ~basis_w).view(np.uint8),
         }
@@ -397,7 +437,7 @@ class SiftingAlice:
             raise ValueError(f"expected a sift_announce, got {message.get('type')!r}")
         _check_frame(message.get("frame"))
         n = _check_n(message)
-        slot = _check_array("slot", message.get("slot"), np.int64, n)
+        slot = _announced_slots(message, n)
         _check_plane("basis", message.get("basis"), n)
         _check_plane("test_bits", message.get("test_bits"), n)
         return slot

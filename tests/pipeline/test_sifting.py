@@ -170,16 +170,44 @@ def test_alice_rejects_bad_symbols_and_announcements() -> None:
         alice.on_announce(announce, symbols[0][:-1], symbols[1], symbols[2])
     with pytest.raises(ValueError, match="dtype uint8"):
         alice.on_announce(announce, symbols[0], symbols[1].astype(bool), symbols[2])
+    delta = announce["slot_delta"]
     for key, value in (
         ("type", "sift_reply"),
         ("n", 0),
         ("n", 201),
         ("slot", slot[:-1]),
+        ("slot", slot[::-1].copy()),
+        ("slot_delta", delta[:-1]),
+        ("slot_delta", delta.astype(np.int32)),
+        ("slot_delta", np.concatenate([delta[:-1], np.zeros(1, delta.dtype)])),
+        ("slot_delta", delta.astype(np.int64) - 1000),
+        ("slot_delta", [1] * 199),
+        ("slot0", -1),
+        ("slot0", 2**62),
+        ("slot0", True),
         ("basis", announce["basis"][:-1]),
         ("frame", -4),
     ):
         with pytest.raises(ValueError):
             alice.on_announce({**announce, key: value}, *symbols)
+
+
+@pytest.mark.parametrize("gap", [1, 70_000, 5_000_000_000])
+def test_announced_slots_travel_as_narrow_gaps(gap: int) -> None:
+    """uint16 gaps on bright links, wider ones when a gap needs them; the same slots arrive."""
+    rng = np.random.default_rng(gap)
+    slot = 12_345 + np.cumsum(rng.integers(1, 50, 300))
+    slot[150:] += gap
+    ones = np.ones(300, np.uint8)
+    announce = SiftingBob().announce(0, slot, ones, ones)
+    want = {1: np.uint16, 70_000: np.uint32, 5_000_000_000: np.int64}[gap]
+    assert announce["slot_delta"].dtype == want and "slot" not in announce
+    bob_end, alice_end = loopback_pair()
+    bob_end.send(announce)  # through the codec: the dtype travels with the array
+    sent = alice_end.recv()
+    np.testing.assert_array_equal(SiftingAlice.requested_slots(sent), slot)
+    plain = {k: v for k, v in sent.items() if k not in ("slot0", "slot_delta")}
+    np.testing.assert_array_equal(SiftingAlice.requested_slots({**plain, "slot": slot}), slot)
 
 
 def test_bob_rejects_inconsistent_replies() -> None:
