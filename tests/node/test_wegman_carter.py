@@ -241,10 +241,14 @@ def test_commit_feeds_the_pad_only_below_the_high_water_mark(tmp_path):
     a.advance_pad_cursor("units", 10)  # the channel used pad: below the mark again
     key = os.urandom(16)
     alice.offer(6, key, {"n_bits": 128})
-    for reply in alice.handle(bob.propose(6, key, {"n_bits": 128})):
-        assert reply["status"] == "auth"
+    replies = alice.handle(bob.propose(6, key, {"n_bits": 128}))
+    assert replies and all(reply["status"] == "auth" for reply in replies), replies
+    for reply in replies:
         bob.handle(reply)
     assert b.status(b.blocks()[-1].block_id) == "auth"
-    # an auth block never shows up as committed key
-    assert all(x.status == "committed" for x in a.blocks("committed"))
+    # an auth block never shows up as committed key: blocks 0, 1 and 6 fed the pad, 2-5 are key
+    for store in (a, b):
+        assert [x.seq for x in store.blocks("committed")] == [2, 3, 4, 5]
+        assert [x.seq for x in store.blocks("auth")] == [0, 1, 6]
     assert a.committed_digest() == b.committed_digest()
+    assert a.committed_digest()[0] == 4  # the digest covers the four key blocks only
