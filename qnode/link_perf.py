@@ -8,6 +8,10 @@ predicts; ``sim_speed`` = simulated seconds per wall second (the emulated instru
 bounds it); ``rss_mb`` = the larger node's resident memory (supervisor + its processes), both
 nodes given as ``rss_mb_alice`` / ``rss_mb_bob``, and ``rss_growth_mb`` from 15 s into the run
 to its end (a full run lasts 10 minutes so that a leak shows; ``--quick`` 45 s).
+``cpu_s_per_sim_s`` = CPU seconds (user + system, all processes of the world and both nodes)
+per simulated second over the same span, also per part as ``cpu_world`` / ``cpu_alice`` /
+``cpu_bob``: unlike the wall-clock figures it hardly depends on what else runs on the machine,
+and ``cores / cpu_s_per_sim_s`` bounds ``sim_speed``.
 """
 
 from __future__ import annotations
@@ -35,6 +39,31 @@ def _rss_mb(pid: int) -> float:
         except psutil.Error:
             pass
     return total / 2**20
+
+
+def _cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) of a process and its children so far."""
+    import psutil
+
+    try:
+        proc = psutil.Process(pid)
+        procs = [proc, *proc.children(recursive=True)]
+    except psutil.Error:
+        return 0.0
+    total = 0.0
+    for p in procs:
+        try:
+            t = p.cpu_times()
+            total += t.user + t.system
+        except psutil.Error:
+            pass
+    return total
+
+
+def _sim_s(link: Any) -> float:
+    """Simulated seconds Bob's acquisition has framed so far (from its telemetry)."""
+    acq = link.latest["bob"].get("qfs/telemetry/bob/acquisition/", {})
+    return int(acq.get("frames", 0)) * int(acq.get("frame_slots", 0)) / 1e9
 
 
 def _predicted(params: Any, n_x: int) -> float | None:
@@ -76,16 +105,23 @@ def measure(duration_s: float) -> dict[str, Any]:
     try:
         link.start()
         pids = {r: link.procs[r].pid for r in ("alice", "bob")}
+        parts = {**pids, "world": link.procs["world"].pid}
         rss_peak = {r: 0.0 for r in pids}
         rss_start: dict[str, float] = {}
+        cpu_start: dict[str, float] = {}
+        sim_start = 0.0
         while not link.done():
             link.poll(1.0)
             for r in pids:
                 rss_peak[r] = max(rss_peak[r], _rss_mb(pids[r]))
             if not rss_start and time.monotonic() - link.t0 > 15:  # after warm-up
                 rss_start = {r: _rss_mb(pids[r]) for r in pids}
+                cpu_start = {r: _cpu_s(pid) for r, pid in parts.items()}
+                sim_start = _sim_s(link)
         rss_start = rss_start or {r: 0.0 for r in pids}
         rss_end = {r: _rss_mb(pids[r]) for r in pids}
+        cpu = {r: _cpu_s(pid) - cpu_start.get(r, 0.0) for r, pid in parts.items()}
+        sim_span = _sim_s(link) - sim_start
         wall = time.monotonic() - link.t0
         bob = link.link_payload("bob")
         last_block = link.latest["bob"].get("qfs/telemetry/bob/block/", {})
@@ -115,6 +151,9 @@ def measure(duration_s: float) -> dict[str, Any]:
             "keys_match": result["keys_match"],
             "key_blocks": result["bob"]["key_blocks"],
         })  # fmt: skip
+        if sim_span > 0:
+            row["cpu_s_per_sim_s"] = round(sum(cpu.values()) / sim_span, 1)
+            row.update({f"cpu_{r}": round(c / sim_span, 1) for r, c in cpu.items()})
     except Exception as exc:  # a perf run reports what went wrong instead of failing the table
         row["missing"] = f"link did not run: {type(exc).__name__}: {exc}"
     finally:
