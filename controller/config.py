@@ -125,7 +125,8 @@ class LoopConfig(_Section):
     qber_threshold: float = Field(0.08, gt=0, lt=0.5)
     qber_blocks: int = Field(3, ge=1)
     recheck_s: float = Field(10.0, gt=0)
-    check_bits: int = Field(20_000, ge=100)  # test-basis bits per check while held
+    # test-basis bits per check while held (above 1e9 a held node would in effect never resume)
+    check_bits: int = Field(20_000, ge=100, le=1_000_000_000)
     pool_low_keys: int = Field(100, ge=0)
     enabled: bool = True
 

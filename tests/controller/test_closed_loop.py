@@ -11,6 +11,7 @@ import pytest
 from ctl_helpers import ControllerThread, FakeNodeCommandSocket, wait_for
 
 from controller import qber_loop
+from controller.config import ConfigError, parse_config
 from controller.qber_loop import aborted_block_qber, z_counts
 from qnode.bus import Publisher, Subscriber
 
@@ -151,3 +152,13 @@ def test_a_hold_from_before_a_controller_restart_is_taken_over_and_released(node
     publish_handled(pub, state, "qfs/telemetry/bob/link/", [late])
     assert not state.paused_by_loop and not state.alarms["qber_high"].active
     assert node_cmd.commands() == ["resume"]
+
+
+@pytest.mark.parametrize("bad", [99, -1, 1.5, "many", 10**10, float("nan"), None])
+def test_bad_check_bits_are_refused_by_name(tmp_path, bad):
+    cfg = {"node": "bob", "role": "bob", "keystore": str(tmp_path / "bob.db"),
+           "security": {"curve": False}, "loop": {"check_bits": bad}}  # fmt: skip
+    with pytest.raises(ConfigError, match=r"loop\.check_bits"):
+        parse_config(cfg)
+    cfg["loop"] = {"check_bits": 100}
+    assert parse_config(cfg).loop.check_bits == 100
