@@ -18,6 +18,7 @@ cleared; over: paused again at once, without the N-block grace).
 from __future__ import annotations
 
 import logging
+import math
 import re
 import time
 from collections.abc import Awaitable, Callable
@@ -34,13 +35,16 @@ ADOPT_AFTER_S = 5.0  # a node still holding this long after our last resume: hel
 
 
 def _number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
+    """A finite int or float (telemetry may carry NaN or infinity: not a count, not a QBER)."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def z_counts(payload: dict[str, Any]) -> tuple[int, int] | None:
     """Cumulative test-basis (Z) detections and errors, summed over the intensity classes, from
-    a ``link`` telemetry payload (``matched_z_<class>``, ``qber_z_<class>``); None without them.
-    The errors are exact: ``qber_z`` is errors / detections in double precision."""
+    a ``link`` telemetry payload (``matched_z_<class>``, ``qber_z_<class>``); None without them,
+    or when a class has detections but no QBER in 0 ... 1 (its errors unknown: never taken as
+    none, which could pass a check). The errors are exact: ``qber_z`` is errors / detections in
+    double precision."""
     bits = errors = 0
     found = False
     for name in CLASSES:
@@ -49,7 +53,9 @@ def z_counts(payload: dict[str, Any]) -> tuple[int, int] | None:
             continue
         found = True
         bits += int(n)
-        if _number(q) and n:
+        if int(n):
+            if not _number(q) or not 0.0 <= q <= 1.0:
+                return None
             errors += round(float(q) * int(n))
     return (bits, errors) if found else None
 

@@ -125,6 +125,11 @@ def test_z_counts_and_abort_reasons():
     assert z_counts({"matched_z_signal": 0, "qber_z_signal": None}) == (0, 0)
     assert z_counts({"qber": 0.02}) is None
     assert z_counts({"matched_z_signal": True}) is None
+    # non-finite telemetry values are not counts (no OverflowError / ValueError in the loop)
+    assert z_counts({"matched_z_signal": float("inf"), "qber_z_signal": 0.1}) is None
+    # detections with an unknown error count: not a summary to check on (never "no errors")
+    for q in (float("nan"), None, -0.5, 1.5, "0.1"):
+        assert z_counts({"matched_z_signal": 10, "qber_z_signal": q}) is None, q
     assert aborted_block_qber({"status": "failed", "reason": "QBER_Z 0.1300 above 0.11"}) == 0.13
     assert aborted_block_qber({"status": "failed", "reason": "start: bad frames"}) is None
     assert aborted_block_qber({"status": "failed", "reason": "peer: QBER 0.2 > 0.11"}) == 0.2
