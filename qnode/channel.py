@@ -356,6 +356,7 @@ class ClassicalChannel:
             self._events.append(ChannelEvent("peer_lost", reason))
         self._sid = None
         self._wc_session = None
+        self.stats.wc_pad_bits_left = 0  # no session: nothing to spend (docs/telemetry.md)
         if not self.bind:
             # A fresh socket forgets messages queued for the dead session.
             self._sock.close(0)
@@ -513,6 +514,7 @@ class ClassicalChannel:
             self._wc.session(wc_terms, sid, self.out_dir) if (self._wc and wc_terms) else None
         )
         self.stats.sessions += 1
+        self.stats.wc_pad_bits_left = 0  # an HMAC session spends no pad
         if self._wc_session is not None:
             self.stats.wc_sessions += 1
             self.stats.wc_pad_bits_left = 2 * 8 * UNIT * self._wc_session.units_left()

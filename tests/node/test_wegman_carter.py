@@ -221,6 +221,7 @@ def test_pad_exhaustion_restarts_and_new_pad_extends_a_running_session(ctx, tmp_
             _pump(alice, bob, until=lambda: not alice._inbox or alice._inbox.clear() is None)
     _pump(alice, bob, until=lambda: alice.connected and bob.connected)
     assert bob.mode == "hmac"
+    assert bob.stats.wc_pad_bits_left == 0 == alice.stats.wc_pad_bits_left  # none on HMAC
 
 
 def test_commit_feeds_the_pad_only_below_the_high_water_mark(tmp_path):
