@@ -71,8 +71,19 @@ class PulseSource(ScpiInstrument):
         return self._checked(payload, count, command)
 
     def symbols_for_slots(self, slots: np.ndarray) -> np.ndarray:
-        """Get the symbol bytes of an arbitrary slot list (int64, any order) as a uint8 array."""
+        """Get the symbol bytes of an arbitrary slot list (int64, any order) as a uint8 array.
+
+        A strictly increasing list whose gaps fit 16 bits (a frame of detections on any but a
+        dark link) goes as ``:SOUR:SYMB:GAPS? <first>,<uint16 gaps>``, a quarter of the bytes of
+        the int64 list that ``:SOUR:SYMB:LIST?`` carries for any other.
+        """
         slots = np.ascontiguousarray(slots, dtype="<i8")
+        if slots.size >= 2:
+            gaps = np.diff(slots)
+            if gaps.min() >= 1 and gaps.max() <= 0xFFFF:
+                command = f":SOUR:SYMB:GAPS? {int(slots[0])},"
+                payload = self.adapter.query_block(command, gaps.astype("<u2").tobytes())
+                return self._checked(payload, len(slots), command)
         command = ":SOUR:SYMB:LIST? "
         payload = self.adapter.query_block(command, slots.tobytes())
         return self._checked(payload, len(slots), command)

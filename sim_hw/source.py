@@ -2,8 +2,8 @@
 
 Its settings feed the shared world (clock, intensities, class and basis probabilities, output).
 Alice learns her symbols from it: each slot's symbol is a pure function of the key she set
-(``sim_hw.symbols``), so ``SYMB?`` and ``SYMB:LIST?`` answer for any slots without storing the
-stream. Simulation only: a production transmitter must draw from a physical random source.
+(``sim_hw.symbols``), so ``SYMB?``, ``SYMB:LIST?`` and ``SYMB:GAPS?`` answer for any slots without
+storing the stream. Simulation only: a production transmitter must draw from a physical random source.
 
 Settings that change which symbol a slot carries (key, probabilities, basis) or the slot timing
 (clock) are refused with -221 while the output is on, so the symbols of a run never change under
@@ -74,6 +74,8 @@ class PulseSource(ScpiDevice):
         count = Integer(0, MAX_SYMBOLS)
         tree.add("[:SOURce]:SYMBols?", self._symbols_range, [Integer(0, MAX_SLOT), count])
         tree.add("[:SOURce]:SYMBols:LIST?", self._symbols_list, [Block(multiple_of=8)])
+        tree.add("[:SOURce]:SYMBols:GAPS?", self._symbols_gaps,
+                 [Integer(0, MAX_SLOT), Block(multiple_of=2)])  # fmt: skip
 
     # --- settings ------------------------------------------------------------------------
     def _set(self, field: str, value: float, frozen: bool) -> None:
@@ -130,4 +132,20 @@ class PulseSource(ScpiDevice):
             raise ScpiError(-222, f"{slots.size} slots, at most {MAX_SYMBOLS} per query")
         if slots.size and slots.min() < 0:
             raise ScpiError(-222, "negative slot index")
+        return definite_block(self.symbols_for(slots).tobytes())
+
+    def _symbols_gaps(self, first: int, payload: bytes) -> bytes:
+        """Symbols of the slots ``first, first + g1, first + g1 + g2, ...`` (uint16 LE gaps, each
+        at least 1): a sorted slot list in a quarter of the bytes of ``SYMB:LIST?``."""
+        gaps = np.frombuffer(payload, dtype="<u2")
+        if gaps.size >= MAX_SYMBOLS:
+            raise ScpiError(-222, f"{gaps.size + 1} slots, at most {MAX_SYMBOLS} per query")
+        if gaps.size and gaps.min() == 0:
+            raise ScpiError(-222, "gaps must be at least 1 (strictly increasing slots)")
+        slots = np.empty(gaps.size + 1, np.int64)
+        slots[0] = first
+        np.cumsum(gaps, dtype=np.int64, out=slots[1:])
+        slots[1:] += first
+        if slots[-1] > MAX_SLOT:
+            raise ScpiError(-222, "slot range beyond the counter")
         return definite_block(self.symbols_for(slots).tobytes())
