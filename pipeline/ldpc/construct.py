@@ -30,9 +30,11 @@ from .distributions import DISTRIBUTIONS, DegreeDistribution
 DATA_DIR = Path(__file__).with_name("data")
 
 # The stored family: (code name, distribution, n_b, Z, seed), n = n_b * Z. One rate ladder per
-# frame length; R 0.9 needs 512 base columns (its degree-35 columns need >= 35 base rows).
+# frame length; R 0.9 needs 512 base columns (its degree-28 columns need >= 28 base rows, and 256
+# columns would leave only 25). The R 0.9 code is the DE-optimised ``delp_r0.90`` (threshold
+# f 1.10); it replaced ``qcb_r0.90`` (blind R 0.8 variable side, check degree raised: f 1.126).
 _LADDER = [
-    ("qcb_r0.90", "blindvar_r0.90", 512),
+    ("qcd_r0.90", "delp_r0.90", 512),
     ("qcb_r0.85", "blindvar_r0.85", 256),
     ("qc_r0.80", "blind_r0.8", 256),
     ("qc_r0.75", "elkouss_r0.75", 256),

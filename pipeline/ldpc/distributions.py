@@ -7,6 +7,8 @@ degree-``i`` check nodes (lambda(x) = sum lam_i x^(i-1)). Sources:
   QKD", ISIT 2009 (arXiv:0901.2140), Table I (thresholds p* from density evolution).
 - Martinez-Mateo, Elkouss, Martin, "Blind reconciliation", QIC 12 (2012), Appendix B: the
   hardware-friendly set (at most ~6 edges per bit).
+- ``delp_r0.90``: designed here (the published R 0.9 set has f_thr 1.15-1.17) by density-
+  evolution linear programming, ``pipeline/ldpc/design`` (Richardson, Shokrollahi, Urbanke 2001).
 """
 
 from __future__ import annotations
@@ -46,6 +48,11 @@ _BLIND = "Martinez-Mateo et al., Blind reconciliation, QIC 2012, App. B"
 _BLIND_R08_LAM = {
     2: 0.0667948, 3: 0.194832, 4: 0.0570523, 5: 0.0645024, 9: 0.204606, 15: 0.0964409,
     29: 0.23872, 35: 0.0770523,
+}  # fmt: skip
+
+_DELP_R09_LAM = {
+    2: 0.0643, 3: 0.2097, 4: 0.0528, 8: 0.1176, 9: 0.0781, 10: 0.1413, 12: 0.03, 14: 0.0245,
+    16: 0.055, 18: 0.042, 20: 0.1107, 24: 0.0492, 28: 0.0248,
 }  # fmt: skip
 
 DISTRIBUTIONS: dict[str, DegreeDistribution] = {
@@ -162,6 +169,16 @@ DISTRIBUTIONS: dict[str, DegreeDistribution] = {
             {60: 0.4, 61: 0.6},
             0.0,
             _BLIND + ", variable side; check degree raised",
+        ),
+        # Designed here: pipeline/ldpc/design/de_lp.py walked from blindvar_r0.90 at BSC(0.011),
+        # rho fixed; population-dynamics DE (design/density.py) gives p* = 0.0113 (f_thr 1.078;
+        # blindvar_r0.90: 0.01122, 1.126; elkouss_r0.90: 0.01076, 1.167).
+        DegreeDistribution(
+            "delp_r0.90",
+            dict(_DELP_R09_LAM),
+            {60: 0.4, 61: 0.6},
+            0.0113,
+            "density-evolution LP, pipeline/ldpc/design (this repository)",
         ),
         DegreeDistribution(
             "blind_r0.7",
