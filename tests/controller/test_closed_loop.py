@@ -30,7 +30,7 @@ def node(tmp_path, monkeypatch):
         "keystore": str(tmp_path / "bob.db"),
         "security": {"curve": False},
         "telemetry": {"node_endpoint": pub.endpoint, "peer_lost_s": 30},
-        "control": {"node_endpoint": node_cmd.endpoint, "node_timeout_ms": 2000},
+        "control": {"node_endpoint": node_cmd.endpoint, "node_timeout_ms": 20_000},
         "loop": {"qber_threshold": THRESHOLD, "qber_blocks": 2, "check_bits": CHECK_BITS,
                  "recheck_s": 0.2},
     }  # fmt: skip
