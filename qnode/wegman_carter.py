@@ -35,6 +35,7 @@ never used twice, even across crashes; the hello/welcome (HMAC) agree ``base = m
 
 from __future__ import annotations
 
+import hmac
 from collections import OrderedDict
 from typing import Any
 
@@ -268,7 +269,7 @@ class WegmanCarterSession:
         peer_out = self.inn.absorbed(record)
         header = self._header(direction, seq, n_in, checkpoint)
         expected = self._tag(header, peer_out, self._out_hist[n_in], pad)
-        if expected != tag:
+        if not hmac.compare_digest(expected, tag):  # constant time, as for the HMAC tags
             return False
         self.inn.h1, self.inn.h2, self.inn.n = peer_out
         self.in_seq = seq
