@@ -7,6 +7,7 @@ import importlib
 import json
 
 import typer
+import zmq
 
 sim_app = typer.Typer(help="Simulated hardware: physics statistics, emulated instruments, faults.")
 
@@ -50,6 +51,9 @@ def impair(
         reply = control_request(endpoint, request)
     except TimeoutError as exc:
         typer.echo(str(exc), err=True)
+        raise typer.Exit(1) from None
+    except zmq.ZMQError as exc:  # e.g. not a ZeroMQ endpoint: a message, not a traceback
+        typer.echo(f"--control {endpoint!r}: {exc}", err=True)
         raise typer.Exit(1) from None
     typer.echo(json.dumps(reply))
     if not reply.get("ok"):

@@ -191,3 +191,7 @@ def test_impair_cli_sets_and_clears_a_running_worlds_impairments(world):
     )  # the refused request changed nothing
     assert cli().returncode == 0
     assert world.state()["impairments"] == {}
+    cmd = [*QNODE, "sim", "impair", "--misalignment", "0.01", "--control", "not an endpoint"]
+    junk = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert junk.returncode == 1 and "--control" in junk.stderr, junk.stderr
+    assert "Traceback" not in junk.stderr
