@@ -327,13 +327,25 @@ def _announced_slots(message: dict[str, Any], n: int) -> np.ndarray:
     if not isinstance(delta, np.ndarray) or delta.dtype not in _DELTA_TYPES:
         raise ValueError("slot_delta must be a uint16, uint32 or int64 array")
     delta = _check_array("slot_delta", delta, delta.dtype, n - 1)
-    if delta.size and (delta.min() <= 0 or slot0 + int(delta.astype(np.int64).sum()) >= 2**62):
-        raise ValueError("slot_delta must be positive (strictly increasing slots) and in range")
     slot = np.empty(n, np.int64)
-    slot[0] = slot0
-    np.cumsum(delta, dtype=np.int64, out=slot[1:])
-    slot[1:] += slot0
+    if not _gaps_to_slots(slot0, delta.astype(np.int64, copy=False), slot):
+        raise ValueError("slot_delta must be positive (strictly increasing slots) and in range")
     return slot
+
+
+@njit(cache=True)
+def _gaps_to_slots(slot0, delta, out):  # pragma: no cover - numba
+    """out = slot0, slot0 + d0, ...; False if a gap is not positive or a slot reaches 2^62
+    (numpy's cumsum is ~8x slower on a frame's gaps)."""
+    s = slot0
+    out[0] = s
+    for i in range(delta.size):
+        d = delta[i]
+        if d <= 0 or d >= 2**62 - s:
+            return False
+        s += d
+        out[i + 1] = s
+    return True
 
 
 def _joined_key(scratch: np.ndarray, nkey: np.ndarray) -> np.ndarray:
