@@ -180,20 +180,54 @@ class EventBuilder:
         random basis for clicks in both bases, random bit for both detectors of one basis."""
         if len(slot) == 0:
             return Events.empty()
-        z = mask & 0b0011
-        x = (mask >> 2) & 0b0011
-        both = (z != 0) & (x != 0)
-        self.cross_basis += int(np.count_nonzero(both))
-        basis = (x != 0).astype(np.uint8)
-        if both.any():
-            basis[both] = self._rng.integers(0, 2, int(both.sum()), dtype=np.uint8)
-        pair = np.where(basis == 0, z, x)  # bit 0: detector "0" clicked, bit 1: detector "1"
+        mask = np.ascontiguousarray(mask, dtype=np.uint8)
+        n = len(mask)
+        basis, bit, detector = (np.empty(n, np.uint8) for _ in range(3))
+        double = np.empty(n, bool)
+        picks = np.empty(n, np.int64)
+        # Two numba passes, the random choices in between drawn as before (same events for a
+        # seed): a random basis for clicks in both bases, then a random bit for twin clicks.
+        n_both = _bases(mask, basis, double, picks)
+        self.cross_basis += int(n_both)
+        if n_both:
+            basis[picks[:n_both]] = self._rng.integers(0, 2, int(n_both), dtype=np.uint8)
+        n_twin = _bits(mask, basis, bit, detector, double, picks)
+        if n_twin:
+            bit[picks[:n_twin]] = self._rng.integers(0, 2, int(n_twin), dtype=np.uint8)
+        return Events(slot, basis, bit, detector, double)
+
+
+@njit(cache=True)
+def _bases(mask, basis, double, both_at):  # pragma: no cover - numba
+    """basis = X clicked; double = clicks in both bases (their indices in ``both_at``)."""
+    n_both = 0
+    for i in range(mask.size):
+        m = mask[i]
+        x = (m >> 2) & 3
+        both = (m & 3) != 0 and x != 0
+        basis[i] = x != 0
+        double[i] = both
+        both_at[n_both] = i
+        n_both += both
+    return n_both
+
+
+@njit(cache=True)
+def _bits(mask, basis, bit, detector, double, twin_at):  # pragma: no cover - numba
+    """bit = the "1" detector of the basis clicked; a twin (both detectors of the basis) gets
+    detector = the lower one, is flagged double and listed in ``twin_at`` for a random bit."""
+    n_twin = 0
+    for i in range(mask.size):
+        b = basis[i]
+        pair = (mask[i] >> (2 * b)) & 3  # bit 0: detector "0" clicked, bit 1: detector "1"
         twin = pair == 3
-        bit = (pair >> 1).astype(np.uint8)
-        if twin.any():
-            bit[twin] = self._rng.integers(0, 2, int(twin.sum()), dtype=np.uint8)
-        detector = (1 + 2 * basis + np.where(twin, 0, bit)).astype(np.uint8)
-        return Events(slot, basis, bit, detector, twin | both)
+        v = pair >> 1
+        bit[i] = v
+        detector[i] = 1 + 2 * b + (0 if twin else v)
+        double[i] = double[i] or twin
+        twin_at[n_twin] = i
+        n_twin += twin
+    return n_twin
 
 
 @njit(cache=True)
