@@ -73,7 +73,7 @@ def test_link_stays_on_wegman_carter_and_pad_per_block_is_two_tags(tmp_path):
         # the pad actually used (cursor, in 16-byte units) is a small part of the pad stream,
         # and the key served (committed, never auth) outweighs all the pad drawn from the link
         assert max(cursors) * TAG_BITS <= pad_bits[0]
-        assert a["key_bits"] > 0 and a["key_blocks"] >= BLOCKS
-        assert a["key_bits"] - max(cursors) * TAG_BITS > 0
+        assert a["key_blocks"] >= BLOCKS and a["key_bits"] > pad_bits[0] > 0, (a, pad_bits)
+        assert pad_bits[0] == pad_bits[1]
     finally:
         link.stop()
