@@ -21,6 +21,7 @@ from collections import deque
 from typing import TYPE_CHECKING
 
 import numpy as np
+from numba import njit
 
 from sim_hw.scpi import CommandTree, ScpiDevice, ScpiError, definite_block
 from sim_hw.scpi_params import PICOSECOND, VOLT, Integer, Number
@@ -215,15 +216,19 @@ class TimeTagger(ScpiDevice):
         seen = np.array([0 < th < PULSE_HEIGHT_V for th in self.threshold_v])
         delays = np.rint(np.asarray(self.delay_ps)).astype(np.int64)
         sync = self._sync_records(first_slot, n_slots, period_ps, int(delays[0]), bool(seen[0]))
-        det, counts = _detection_records(channel, time_ps, delays, seen)
+        small = np.concatenate([self._held, sync])  # few: held-back tags and sync tags
+        small.sort()
+        merged = _merged_records(channel, time_ps, delays, seen, small) if self.acquiring else None
+        if merged is not None:  # the common case: records, counts and the merge in one pass
+            det, counts = merged
+        else:
+            det, counts = _detection_records(channel, time_ps, delays, seen)
+            if self.acquiring and small.size:
+                det = np.insert(det, np.searchsorted(det, small), small)
         counts[0] = sync.size
         self.meter.record(n_slots * period_ps * 1e-12, counts)
         if not self.acquiring:
             return
-        small = np.concatenate([self._held, sync])  # few: held-back tags and sync tags
-        if small.size:
-            small.sort()
-            det = np.insert(det, np.searchsorted(det, small), small)
         horizon_ps = (
             (first_slot + n_slots) * period_ps
             + min(base_delay_ps + min(self.delay_ps[1:]), self.delay_ps[0])
@@ -249,6 +254,56 @@ class TimeTagger(ScpiDevice):
         slots = np.arange(-(-first_slot // step) * step, first_slot + n_slots, step)
         t = np.rint(slots * period_ps).astype(np.int64) + delay_ps
         return (t[t >= 0].astype(np.uint64) << np.uint64(8)) | np.uint64(0)
+
+
+def _merged_records(
+    channel: np.ndarray,
+    time_ps: np.ndarray,
+    delays: np.ndarray,
+    seen: np.ndarray,
+    small: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """The common case of ``_detection_records`` (every detector input sees pulses, one delay,
+    detections in time order) with the sorted ``small`` records merged in; None otherwise."""
+    d = delays[1:]
+    if not (seen[1:].all() and (d == d[0]).all() and d[0] >= 0):
+        return None
+    out = np.empty(time_ps.size + small.size, np.uint64)
+    counts = np.zeros(N_INPUTS, np.int64)
+    channel = np.ascontiguousarray(channel, dtype=np.uint8)
+    time_ps = np.ascontiguousarray(time_ps, dtype=np.int64)
+    if not _merge_kernel(time_ps, channel, np.uint64(d[0]), small, out, counts):
+        return None
+    return out, counts
+
+
+@njit(cache=True, nogil=True)
+def _merge_kernel(time_ps, channel, delay, small, out, counts):  # pragma: no cover - numba
+    """out = the records ``(time + delay) << 8 | channel`` merged with ``small`` (sorted, each
+    placed before equal records, as ``np.insert`` at ``searchsorted`` does); counts per channel.
+    False (out unusable) when the detections are not in time order."""
+    j = 0
+    k = 0
+    prev = np.uint64(0)
+    for i in range(time_ps.size):
+        c = channel[i]
+        r = ((np.uint64(time_ps[i]) + delay) << np.uint64(8)) | np.uint64(c)
+        if r < prev:
+            return False
+        prev = r
+        while j < small.size and small[j] <= r:
+            out[k] = small[j]
+            k += 1
+            j += 1
+        out[k] = r
+        k += 1
+        if c < counts.size:
+            counts[c] += 1
+    while j < small.size:
+        out[k] = small[j]
+        k += 1
+        j += 1
+    return True
 
 
 def _detection_records(
