@@ -30,6 +30,7 @@ from drivers.errors import (
     InstrumentProtocolError,
     InstrumentTimeout,
 )
+from qnode.redact import redact_command
 
 _NOT_PRINTABLE = re.compile(rb"[^\x20-\x7e\t]")
 _MAX_LOGGED = 200  # characters of a reply shown in the DEBUG log
@@ -222,6 +223,7 @@ class Adapter(ABC):
         return body.decode("ascii")
 
     def _logged(self, direction: str, text: str, t0: float) -> None:
+        text = redact_command(text)
         if len(text) > _MAX_LOGGED:
             text = text[:_MAX_LOGGED] + f"...({len(text)} chars)"
         self.log.debug("%s %s (%.1f us)", direction, text, (time.perf_counter() - t0) * 1e6)

@@ -7,11 +7,14 @@ log line knows which box to look at and what it was asked.
 
 from __future__ import annotations
 
+from qnode.redact import redact_command
+
 
 class InstrumentError(Exception):
     """Base of every driver error: which device, which command, what went wrong."""
 
     def __init__(self, device: str, command: str, detail: str = "") -> None:
+        command = redact_command(command)  # a secret setting never reaches a log via an error
         self.device = device
         self.command = command
         self.detail = detail

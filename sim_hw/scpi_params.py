@@ -224,5 +224,7 @@ class Hex64(Param):
                 text = text[2:]
                 break
         if not text or len(text) > 16 or re.fullmatch(r"[0-9A-Fa-f]+", text) is None:
-            raise ScpiError(-224, f"{token.value!r}: up to 16 hexadecimal digits expected")
+            raise ScpiError(
+                -224, f"{len(token.value)} digits: up to 16 hexadecimal digits expected"
+            )
         return int(text, 16)

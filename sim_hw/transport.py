@@ -22,6 +22,7 @@ import socket
 import tty
 from typing import Protocol
 
+from qnode.redact import redact_command
 from sim_hw.faults import GARBAGE, FaultInjector
 
 log = logging.getLogger(__name__)
@@ -59,13 +60,13 @@ async def serve_session(
             return False
         for msg in framer.feed(data):
             if debug:
-                log.debug("%s <- %r", device.name, msg[:200])
+                log.debug("%s <- %r", device.name, redact_command(msg[:200]))
             kind = faults.take_drop_or_stall()
             if kind == "drop":
-                log.info("%s: fault drop on %r", device.name, msg[:60])
+                log.info("%s: fault drop on %r", device.name, redact_command(msg[:60]))
                 return True
             if kind == "stall":
-                log.info("%s: fault stall swallows %r", device.name, msg[:60])
+                log.info("%s: fault stall swallows %r", device.name, redact_command(msg[:60]))
                 continue
             delay_s = faults.take_delay_s()
             hold = getattr(device, "hold", None)  # a device may wait for data without blocking

@@ -211,3 +211,25 @@ def test_fault_slow_within_and_beyond_timeout(clean_world, kind):
         _names(info.value, kind, "*IDN?")
         # The late answer must not be taken for the next reply: the adapter reconnected.
         assert _probe(inst) == expected
+
+
+def test_symbol_key_never_in_logs_or_errors(clean_world, caplog):
+    """The source's symbol key fixes Alice's key bits: no log line (driver or emulator, DEBUG
+    included) and no exception text may carry it, even when setting it fails."""
+    import logging
+
+    key = 0x5EC2E7C0FFEE1234
+    caplog.set_level(logging.DEBUG)
+    with make(clean_world, "source") as src:
+        src.output = False
+        src.set_random_key(key)
+        src.output = True  # the key is frozen while emitting: the instrument refuses it
+        with pytest.raises(InstrumentCommandError) as info:
+            src.set_random_key(key ^ 1)
+        src.output = False
+    assert info.value.code == -221 and ":SOUR:RAND:KEY" in info.value.command
+    assert "<redacted>" in info.value.command
+    shown = caplog.text + str(info.value) + info.value.command
+    assert "SOUR:RAND:KEY" in caplog.text  # the exchange itself is logged ...
+    for secret in (f"{key:016X}", f"{key ^ 1:016X}", f"{key:X}", str(key)):
+        assert secret.lower() not in shown.lower()  # ... its argument is not
