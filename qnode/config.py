@@ -26,7 +26,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, model_validator
 
 
 class NodeConfigError(ValueError):
@@ -46,7 +46,7 @@ class PeerConfig(_Section):
     secret_file: Path | None = None
     secret_env: str | None = None
     auth: Literal["hmac", "wegman-carter"] = "hmac"
-    wc_every_blocks: int = Field(8, ge=1, description="every n-th key block feeds the pads")
+    wc_every_blocks: StrictInt = Field(8, ge=1, description="every n-th key block feeds the pads")
     heartbeat_s: float = Field(1.0, gt=0)
     # Generous: a heartbeat cannot be sent while a long numba kernel (a batch of LDPC decodes,
     # a large Toeplitz hash) holds the process, so silence shorter than that is not a loss.

@@ -182,6 +182,9 @@ def fault(
     except TimeoutError as exc:
         typer.echo(str(exc), err=True)
         raise typer.Exit(1) from None
+    except zmq.ZMQError as exc:  # e.g. not a ZeroMQ endpoint: a message, not a traceback
+        typer.echo(f"--control {endpoint!r}: {exc}", err=True)
+        raise typer.Exit(1) from None
     typer.echo(json.dumps(reply))
     if not reply.get("ok"):
         raise typer.Exit(1)

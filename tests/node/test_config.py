@@ -51,6 +51,7 @@ def test_relative_paths_resolve_against_the_file(tmp_path):
         (lambda d: d["peer"].update(auth="rot13"), "peer.auth"),
         (lambda d: d["peer"].update(heartbeat_s=5, timeout_s=6), "timeout_s"),
         (lambda d: d.pop("keystore"), "keystore"),
+        (lambda d: d["peer"].update(wc_every_blocks=True), "peer.wc_every_blocks"),
     ],
 )
 def test_bad_config_is_refused_with_the_key_named(change, named):

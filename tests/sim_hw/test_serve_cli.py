@@ -68,6 +68,10 @@ def test_fault_cli_switches_a_running_worlds_faults(world):
     assert scpi_query(world.resources["source"], "*IDN?").startswith(b"QNODE,")
     bad = cli("source", "explode")
     assert bad.returncode == 1 and "unknown fault kind" in bad.stdout
+    cmd = [*QNODE, "sim", "fault", "source", "drop", "--control", "not an endpoint"]
+    junk = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert junk.returncode == 1 and "--control" in junk.stderr, junk.stderr
+    assert "Traceback" not in junk.stderr
 
 
 def test_fault_cli_finds_the_world_through_the_environment(world):
