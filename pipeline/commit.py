@@ -24,6 +24,12 @@ stored with status ``auth`` while her unreserved pad is below ``pad_high_units``
 order; each side stores such a block as ``auth`` in one transaction, never as servable key. The
 channel sends the commit messages as Wegman-Carter checkpoints and rejects them otherwise, so in
 a Wegman-Carter session no block is committed before its transcript is authenticated.
+
+Refill (no HMAC downgrade, docs/contracts.md §7): once a store has held pad, the channel commits
+nothing under HMAC alone, and it keeps the last units of the pad as a refill reserve that only
+checkpoints committing no servable key may spend. When few units are left (``refill_units``) Bob
+marks his proposal ``"refill": true`` and Alice turns every block into pad (``auth``), so the
+pad comes back through Wegman-Carter-authenticated commits only.
 """
 
 from __future__ import annotations
@@ -38,7 +44,9 @@ COMMIT_TYPES = ("commit_propose", "commit_confirm", "commit_query", "commit_stat
 
 
 PAD_HIGH_UNITS = 128  # 2 KiB of pad: ~60 committed blocks at two checkpoint tags each
+REFILL_UNITS = 32  # refill mode: every block becomes pad (> the channel's 16-unit reserve)
 _PAD_UNIT = 16  # bytes per checkpoint tag (qnode.wegman_carter.UNIT)
+_ESTABLISH_UNITS = 64  # qnode.wegman_carter.ESTABLISH_UNITS
 
 
 class _Side:
@@ -48,11 +56,13 @@ class _Side:
         peer: str,
         wc_every_blocks: int = 0,
         pad_high_units: int = PAD_HIGH_UNITS,
+        refill_units: int = REFILL_UNITS,
     ) -> None:
         self.store = store
         self.peer = peer
         self.wc_every_blocks = wc_every_blocks
         self.pad_high_units = pad_high_units
+        self.refill_units = refill_units
         self.committed: list[str] = []  # ids committed since start (for telemetry events)
         self.discarded: list[str] = []
 
@@ -92,9 +102,19 @@ class _Side:
         cursor = max(1, self.store.pad_cursor("units"))
         return max(0, self.store.auth_pad_len() // _PAD_UNIT - cursor)
 
-    def _is_auth_block(self, seq: int) -> bool:
+    def refill_mode(self) -> bool:
+        """Pad established and nearly spent: every block becomes pad until it is back."""
+        if self.wc_every_blocks <= 0 or self.store.auth_pad_len() < _ESTABLISH_UNITS * _PAD_UNIT:
+            return False
+        return self.pad_units_left() <= self.refill_units
+
+    def _is_auth_block(self, seq: int, refill: bool = False) -> bool:
         """Whether block ``seq`` feeds the pads (Alice decides; Bob follows her answer)."""
-        if self.wc_every_blocks <= 0 or seq % self.wc_every_blocks != 0:
+        if self.wc_every_blocks <= 0:
+            return False
+        if refill or self.refill_mode():
+            return True
+        if seq % self.wc_every_blocks != 0:
             return False
         return self.pad_units_left() < self.pad_high_units
 
@@ -107,13 +127,16 @@ class CommitInitiator(_Side):
         block_id = str(uuid.uuid4())
         seq = self.store.max_seq() + 1
         self.store.add_pending(block_id, seq, self.peer, key, meta)
-        return {
+        proposal = {
             "type": "commit_propose",
             "block": int(block),
             "block_id": block_id,
             "seq": seq,
             "n_bits": int(meta.get("n_bits", len(key) * 8)),
         }
+        if self.refill_mode():  # may spend the channel's refill reserve: Alice makes it pad
+            proposal["refill"] = True
+        return proposal
 
     def handle(self, msg: Message) -> list[Message]:
         kind = msg.get("type")
@@ -147,8 +170,9 @@ class CommitResponder(_Side):
         peer: str,
         wc_every_blocks: int = 0,
         pad_high_units: int = PAD_HIGH_UNITS,
+        refill_units: int = REFILL_UNITS,
     ) -> None:
-        super().__init__(store, peer, wc_every_blocks, pad_high_units)
+        super().__init__(store, peer, wc_every_blocks, pad_high_units, refill_units)
         self._ready: dict[int, tuple[bytes, dict[str, Any]]] = {}
         self._expected: set[int] = set()
         self._deferred: dict[int, Message] = {}
@@ -207,7 +231,7 @@ class CommitResponder(_Side):
             and seq > self.store.max_seq()
             and int(msg.get("n_bits", -1)) == int(ready[1].get("n_bits", len(ready[0]) * 8))
         )
-        for_channel = valid and self._is_auth_block(seq)
+        for_channel = valid and self._is_auth_block(seq, msg.get("refill") is True)
         if valid:
             key, meta = ready
             try:

@@ -16,6 +16,11 @@ Wire frames (after the ROUTER identity): ``[envelope, body, tag]``.
   sent and received in the session up to and including themselves instead of an HMAC; a commit
   message without one is rejected. Any message lost or rejected inside such a session would
   leave the two transcripts different, so it also ends the session (a new one starts at once).
+- No downgrade: once this node has held pad (:meth:`WegmanCarter.established`), a commit message
+  under HMAC alone is neither sent nor accepted (``rejected_downgrade``, ``commits_held``); when
+  no pad is left the channel reports ``wc_pad_exhausted`` (event ``pad_exhausted``) and commits
+  wait until pad exists again; the refill reserve (the last units) carries only checkpoints that
+  commit no servable key (:func:`commits_no_key`), so a block turned into pad can restore it.
 
 Sessions: the connector sends ``hello`` with a fresh nonce, the binder answers ``welcome`` with its
 own; the session id is ``sha256(n_c || n_b)[:16]``; sequence numbers restart at 1 per direction.
@@ -49,6 +54,20 @@ def _record(envelope: bytes, body: bytes) -> bytes:
     return len(envelope).to_bytes(4, "big") + envelope + body
 
 
+def commits_no_key(message: dict[str, Any]) -> bool:
+    """A commit message that may spend the refill reserve: a proposal marked ``refill`` (Alice
+    turns it into pad or refuses it), or an answer that commits no block as servable key."""
+    kind = message.get("type")
+    if kind == "commit_propose":
+        return message.get("refill") is True
+    if kind == "commit_confirm":
+        return message.get("status") in ("auth", "refused")
+    if kind == "commit_status":
+        status = message.get("status")
+        return isinstance(status, dict) and "committed" not in status.values()
+    return True
+
+
 class ChannelError(RuntimeError):
     """The channel cannot send (no session with the peer, or the pad ran out)."""
 
@@ -73,6 +92,11 @@ class ChannelStats:
     wc_pad_bits_used: int = 0
     wc_pad_bits_left: int = 0
     wc_eps: float = 0.0
+    wc_established: bool = False
+    wc_pad_low: bool = False
+    wc_pad_exhausted: bool = False
+    rejected_downgrade: int = 0
+    commits_held: int = 0
 
     def rejected(self) -> int:
         return (
@@ -175,6 +199,7 @@ class ClassicalChannel:
         self._seen_hellos: set[bytes] = set()
         self._told_stale: set[bytes] = set()
         self._wc_session: Any | None = None
+        self._peer_established = False  # from the handshake: liveness hint only, never trusted
         self._sock = self._make_socket()
         self.endpoint = self._sock.last_endpoint.decode() if bind else endpoint
 
@@ -266,6 +291,7 @@ class ClassicalChannel:
         self.stats.wc_pad_bits_used += 8 * UNIT
         self.stats.wc_pad_bits_left = 2 * 8 * UNIT * wc.units_left()
         self.stats.wc_eps = wc.last_eps
+        self._update_pad_state()
 
     def send(self, message: dict[str, Any]) -> None:
         """Send one stage message to the peer; raise ChannelError if there is no session.
@@ -278,11 +304,9 @@ class ClassicalChannel:
         if self._sid is None:
             raise ChannelError(f"no session with {self.peer}")
         alg = "hmac"
-        if self._wc_session is not None and message["type"] in self._wc.checkpoint_types:
-            alg = "wc"
-            if not self._wc_session.has_pad(self.out_dir, self._wc_session.next_checkpoint()):
-                self._lose_peer("one-time pad exhausted; new session")
-                raise ChannelError("Wegman-Carter pad exhausted; the session restarts")
+        if self._wc is not None and message["type"] in self._wc.checkpoint_types:
+            self._check_commit_allowed(message)
+            alg = "wc" if self._wc_session is not None else "hmac"
         self._send_seq += 1
         try:
             self._send_kind("msg", message, self._sid, self._send_seq, alg)
@@ -292,6 +316,43 @@ class ClassicalChannel:
             self._lose_peer(f"Wegman-Carter checkpoint refused: {exc}")
             raise ChannelError(str(exc)) from exc
         self.stats.sent += 1
+
+    def _check_commit_allowed(self, message: dict[str, Any]) -> None:
+        """Raise ChannelError (the commit is held) unless this commit message may go out: as a
+        checkpoint with a unit outside the refill reserve, a reserve unit only for a message
+        that commits no servable key, and under HMAC only before the pad is established."""
+        wc = self._wc_session
+        if wc is None:
+            if self._wc.established() and self._peer_established:
+                self._hold("no Wegman-Carter pad in this session; commit held (no HMAC downgrade)")
+            return  # bootstrap: the peer has no pad yet, it accepts HMAC commits
+        ck = wc.next_checkpoint()
+        if not wc.has_pad(self.out_dir, ck):
+            self._hold("Wegman-Carter pad exhausted; commit held")
+        if wc.in_reserve(ck) and not commits_no_key(message):
+            self._hold("only the refill reserve is left; key commit held")
+
+    def _hold(self, reason: str) -> None:
+        self.stats.commits_held += 1
+        self._update_pad_state()
+        raise ChannelError(reason)
+
+    def _update_pad_state(self) -> None:
+        """Telemetry flags of the pad; an event when the pad runs out (commits held)."""
+        if self._wc is None or self._sid is None:
+            return
+        est = self._wc.established()
+        wc = self._wc_session
+        if wc is None:
+            low = exhausted = est
+        else:
+            ck = wc.next_checkpoint()
+            exhausted = est and not wc.has_pad(self.out_dir, ck)
+            low = exhausted or (est and wc.in_reserve(ck))
+        if exhausted and not self.stats.wc_pad_exhausted:
+            self._events.append(ChannelEvent("pad_exhausted", "no Wegman-Carter pad: commits held"))
+        self.stats.wc_established = est
+        self.stats.wc_pad_low, self.stats.wc_pad_exhausted = low, exhausted
 
     def _send_heartbeat(self) -> None:
         self._send_seq += 1
@@ -444,6 +505,13 @@ class ClassicalChannel:
             if isinstance(message, dict) and message.get("type") in self._wc.checkpoint_types:
                 return self._integrity_failure(f"{message['type']} without its checkpoint", seq)
             wc.received(seq, _record(envelope, body))
+        downgrade = (
+            alg != "wc"
+            and self._wc is not None
+            and isinstance(message, dict)
+            and message.get("type") in self._wc.checkpoint_types
+            and self._wc.established()
+        )
         self._recv_seq = seq
         self._last_rx = time.monotonic()
         self.stats.bytes_received += len(envelope) + len(body)
@@ -453,6 +521,10 @@ class ClassicalChannel:
             return self._reject("rejected_malformed", "body does not decode")
         if not isinstance(message, dict) or "type" not in message:
             return self._reject("rejected_malformed", "body is not a stage message")
+        if downgrade:  # authentic under HMAC, but key is never committed on HMAC alone any more
+            self.stats.rejected_downgrade += 1
+            self._update_pad_state()
+            return None
         self.stats.received += 1
         self._inbox.append(message)
         return None
@@ -467,6 +539,8 @@ class ClassicalChannel:
         if not isinstance(nonce, bytes) or nonce in self._seen_hellos:
             return self._reject("rejected_replay", "replayed hello")
         self._seen_hellos.add(nonce)
+        offer = hello.get("wc")
+        self._peer_established = isinstance(offer, dict) and offer.get("est") is True
         if self._sid is not None:
             self._lose_peer("peer started a new session")
         my_nonce = os.urandom(16)
@@ -477,6 +551,7 @@ class ClassicalChannel:
         if self._wc is not None and "wc" in hello:
             wc_terms = self._wc.agree(hello["wc"])
             reply["wc"] = wc_terms
+            reply["wc_est"] = self._wc.established()
         self._send_kind("welcome", reply, sid, 0, "hmac")
         self._start_session(sid, wc_terms)
 
@@ -504,6 +579,7 @@ class ClassicalChannel:
             return self._reject("rejected_auth", "session id does not match the nonces")
         self._hello_nonce = None
         wc_terms = welcome.get("wc") if self._wc is not None else None
+        self._peer_established = welcome.get("wc_est") is True
         self._start_session(sid, wc_terms)
 
     def _start_session(self, sid: bytes, wc_terms: dict[str, Any] | None) -> None:
@@ -520,6 +596,7 @@ class ClassicalChannel:
             self.stats.wc_pad_bits_left = 2 * 8 * UNIT * self._wc_session.units_left()
         mode = "wegman-carter" if self._wc_session is not None else "hmac"
         self._events.append(ChannelEvent("connected", mode, {"session": sid.hex()}))
+        self._update_pad_state()
 
     def close(self) -> None:
         self._sock.close(0)

@@ -27,10 +27,19 @@ taken mod p is 2^-61-close to uniform per lane).
 Pad stream (identical on both nodes): the key bytes of the key-store blocks with status ``auth``
 in block order, cut in 16-byte units. Unit 0 is the hash key (two lanes); checkpoint ``c`` (1, 2,
 ...) of the direction that sorts first uses unit ``base + 2(c-1)``, the other direction
-``base + 2(c-1) + 1``. Each node persists a cursor beyond a unit before using it, so a unit is
-never used twice, even across crashes; the hello/welcome (HMAC) agree ``base = max(cursors)`` and
-``limit = min(available)``. Which blocks feed the pad is decided by the commit step
-(pipeline/commit.py); an ``auth`` block is never served as key (qnode/keystore.py).
+``base + 2(c-1) + 1``; ``base`` is always even, so even units belong to the first direction and
+odd ones to the other, whatever the (HMAC-only) handshake said. Each node persists its cursor
+beyond a unit before using it (exactly one unit ahead by default: a forced session restart burns
+at most the units in flight plus one for parity), so a unit is never used twice, even across
+``kill -9``; the hello/welcome agree ``base = max(cursors)`` rounded up to even and ``limit =
+min(available)``. Which blocks feed the pad is decided by the commit step (pipeline/commit.py);
+an ``auth`` block is never served as key (qnode/keystore.py).
+
+No downgrade (docs/contracts.md §7): once this node's store holds ``min_units`` of pad
+(:meth:`WegmanCarter.established`, monotone: ``auth`` blocks are never removed) the channel never
+commits key under HMAC alone. The last ``reserve_units`` of a session's pad are a *refill
+reserve*: only checkpoints that commit no servable key (a ``refill`` proposal, an ``auth`` or
+``refused`` answer) may spend them, so pad can always come back by a block turned into pad.
 """
 
 from __future__ import annotations
@@ -48,6 +57,8 @@ P = (1 << 61) - 1
 UNIT = 16  # pad bytes per checkpoint tag (two 64-bit lane words)
 TAG_BYTES = 16
 CHECKPOINT_TYPES = frozenset({"commit_propose", "commit_confirm", "commit_status"})
+ESTABLISH_UNITS = 64  # pad units a store must have held before Wegman-Carter is mandatory
+RESERVE_UNITS = 16  # refill reserve: > what one forced session restart can burn (<= 3 units)
 _HEADER_DOMAIN = b"qnode-wc-checkpoint/2"
 _P = np.uint64(P)
 _M32 = np.uint64(0xFFFFFFFF)
@@ -193,12 +204,18 @@ class WegmanCarterSession:
         nxt = self.unit(self.out_dir, self.checkpoints_out + 1)
         return max(0, (self.limit - nxt + 1) // 2)
 
+    def in_reserve(self, checkpoint: int) -> bool:
+        """Whether my ``checkpoint`` would spend a unit of the refill reserve (the last
+        ``reserve_units`` units both nodes hold): only a refill may do that."""
+        self.own_avail(refresh=True)
+        return self.unit(self.out_dir, checkpoint) >= self.limit - self._owner.reserve_units
+
     def _take_pad(self, direction: str, checkpoint: int) -> bytes:
         if not self.has_pad(direction, checkpoint):
             raise ValueError(f"no pad left for checkpoint {checkpoint} ({direction})")
         unit = self.unit(direction, checkpoint)
-        if unit >= self._reserved_to:
-            self._reserved_to = unit + 2 * self._owner.reserve_checkpoints
+        if unit >= self._reserved_to:  # persisted before use: never reused, even after kill -9
+            self._reserved_to = unit + 2 * self._owner.reserve_checkpoints - 1
             self._owner.persist(self._reserved_to)
         self.units_used += 1
         return self._pad[unit * UNIT : (unit + 1) * UNIT]
@@ -290,15 +307,18 @@ class WegmanCarter:
         node: str,
         peer: str,
         *,
-        min_units: int = 64,
-        reserve_checkpoints: int = 8,
+        min_units: int = ESTABLISH_UNITS,
+        reserve_checkpoints: int = 1,
+        reserve_units: int = RESERVE_UNITS,
         history: int = 1 << 16,
     ) -> None:
         self.keystore = keystore
         self.first_direction = "{}>{}".format(*sorted([node, peer]))
         self.min_units = min_units
-        self.reserve_checkpoints = reserve_checkpoints
+        self.reserve_checkpoints = max(1, reserve_checkpoints)
+        self.reserve_units = reserve_units
         self.history = history
+        self._established = False
 
     def __repr__(self) -> str:
         return f"WegmanCarter({self.keystore!r})"
@@ -316,9 +336,16 @@ class WegmanCarter:
     def persist(self, cursor: int) -> None:
         self.keystore.advance_pad_cursor("units", cursor)
 
-    def offer(self) -> dict[str, int]:
+    def established(self) -> bool:
+        """Whether this node has ever held ``min_units`` of pad (read from the key store, so it
+        survives restarts; monotone). From then on no key is committed under HMAC alone."""
+        if not self._established:
+            self._established = self._available() >= self.min_units
+        return self._established
+
+    def offer(self) -> dict[str, Any]:
         """What this node brings to a handshake."""
-        return {"avail": self._available(), "cursor": self._cursor()}
+        return {"avail": self._available(), "cursor": self._cursor(), "est": self.established()}
 
     def agree(self, peer_offer: Any) -> dict[str, int] | None:
         """Binder side: session terms from both offers, or None (stay on HMAC)."""
@@ -329,7 +356,10 @@ class WegmanCarter:
             limit = min(self._available(), int(peer_offer["avail"]))
         except (KeyError, TypeError, ValueError):
             return None
-        if limit - base < self.min_units:
+        base += base % 2  # even: the unit's parity names its direction across all sessions
+        # before the pad is established, wait for enough of it; afterwards any pad left (even
+        # the refill reserve alone) is better than a session that can commit nothing
+        if limit - base < (2 if self.established() else self.min_units):
             return None
         return {"base": base, "limit": limit}
 
@@ -342,7 +372,7 @@ class WegmanCarter:
         except (KeyError, TypeError, ValueError):
             return None
         pad = self.keystore.auth_pad_bytes()
-        if base < self._cursor() or limit > len(pad) // UNIT or limit - base < 1:
+        if base < self._cursor() or base % 2 or limit > len(pad) // UNIT or limit - base < 1:
             return None
         self.persist(base)
         return WegmanCarterSession(self, base, limit, pad, sid, out_dir)

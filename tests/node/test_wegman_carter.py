@@ -12,7 +12,7 @@ import random
 import pytest
 
 from pipeline.commit import CommitInitiator, CommitResponder
-from qnode.channel import ClassicalChannel, HmacAuth
+from qnode.channel import ChannelError, ClassicalChannel, HmacAuth
 from qnode.codec import packb, unpackb
 from qnode.keystore import KeyStore
 from qnode.wegman_carter import UNIT, Chain, P, WegmanCarter, combine, record_coefficients
@@ -213,15 +213,34 @@ def test_pad_exhaustion_restarts_and_new_pad_extends_a_running_session(ctx, tmp_
         assert len(got) == 1
     assert bob._wc_session is session and bob.stats.sessions == 1, "the session restarted"
     assert session.peer_avail == 180  # learnt from Alice's checkpoints
-    # exhaust it: the session restarts, and without enough pad the next one runs on HMAC
-    with pytest.raises(Exception, match="exhausted"):
+    # spend it: key commits stop at the refill reserve (held: no restart, no HMAC fall-back)
+    with pytest.raises(ChannelError, match="refill reserve"):
         for i in range(200):
-            bob.send({"type": "commit_propose", "block_id": f"c{i}"})
-            alice.send({"type": "commit_confirm", "block_id": f"c{i}"})
-            _pump(alice, bob, until=lambda: not alice._inbox or alice._inbox.clear() is None)
-    _pump(alice, bob, until=lambda: alice.connected and bob.connected)
-    assert bob.mode == "hmac"
+            _deliver(bob, alice, [{"type": "commit_propose", "block_id": f"c{i}"}])
+            _deliver(alice, bob, [{"type": "commit_confirm", "block_id": f"c{i}"}])
+    assert bob.stats.wc_pad_low and not bob.stats.wc_pad_exhausted and session.units_left() > 0
+    # the reserve carries only commits that make pad (a refill proposal, an "auth" answer)
+    refills = 0
+    with pytest.raises(ChannelError, match="exhausted"):
+        for i in range(40):
+            prop = {"type": "commit_propose", "block_id": f"r{i}", "refill": True}
+            assert len(_deliver(bob, alice, [prop])) == 1
+            conf = {"type": "commit_confirm", "block_id": f"r{i}", "status": "auth"}
+            assert len(_deliver(alice, bob, [conf])) == 1
+            refills += 1
+    assert 4 <= refills <= 8  # 16 reserve units, two per refill
+    assert bob._wc_session is session and bob.stats.sessions == 1, "the session restarted"
+    _pump(alice, bob, until=lambda: alice.stats.wc_pad_exhausted and bob.stats.wc_pad_exhausted)
+    assert "pad_exhausted" in [e.kind for e in bob.take_events()]
+    # a new session has no pad: it runs on HMAC, and commits stay held on both sides
+    bob.renegotiate()
+    _connect(alice, bob)
+    assert bob.mode == alice.mode == "hmac"
     assert bob.stats.wc_pad_bits_left == 0 == alice.stats.wc_pad_bits_left  # none on HMAC
+    for ch, kind in ((bob, "commit_propose"), (alice, "commit_status")):
+        with pytest.raises(ChannelError, match="downgrade"):
+            ch.send({"type": kind, "block_id": "h", "status": {}})
+        assert ch.stats.wc_pad_exhausted and ch.stats.commits_held >= 1
 
 
 def test_commit_feeds_the_pad_only_below_the_high_water_mark(tmp_path):
