@@ -358,6 +358,7 @@ class ClassicalChannel:
         self._send_seq += 1
         self._send_kind("hb", {}, self._sid, self._send_seq, "hmac")
         self.stats.heartbeats_sent += 1
+        self._update_pad_state()  # new pad committed since the last checkpoint shows up here
 
     def _send_hello(self) -> None:
         self._hello_nonce = os.urandom(16)
