@@ -16,7 +16,13 @@ from pipeline.ldpc.construct import FAMILY, base_graph, build_code, lift_shifts
 from pipeline.ldpc.decoder import BatchDecoder
 from pipeline.ldpc.distributions import DISTRIBUTIONS
 from pipeline.ldpc.fastmath import phi
-from pipeline.ldpc.rate import FAMILY_CODES, binary_entropy, plan_frame, start_efficiency
+from pipeline.ldpc.rate import (
+    FAMILY_CODES,
+    PUNCTURED_REVEALS,
+    binary_entropy,
+    plan_frame,
+    start_efficiency,
+)
 
 
 def small_code(dist: str = "blind_r0.5", n_b: int = 64, z: int = 64, seed: int = 3) -> QCCode:
@@ -193,7 +199,8 @@ def test_rate_plan_hits_target_efficiency(q):
     want = start_efficiency(plan.code_name, code.n, 1.08)
     assert abs(f - want) < 0.002, f"plan f={f}, wanted {want}"
     assert plan.punctured <= 0.1 * code.n and plan.shortened <= 0.6 * code.n
-    assert plan.punctured >= plan.max_reveals * plan.reveal_step  # blind rounds reveal punctured
+    # the blind rounds but the last-resort ones reveal punctured bits
+    assert plan.punctured >= min(plan.max_reveals, PUNCTURED_REVEALS) * plan.reveal_step
     punct, short, key, reveal = plan.layout()
     allpos = np.concatenate([punct, short, key])
     assert allpos.size == code.n and np.unique(allpos).size == code.n
