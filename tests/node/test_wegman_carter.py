@@ -272,3 +272,41 @@ def test_commit_feeds_the_pad_only_below_the_high_water_mark(tmp_path):
         assert [x.seq for x in store.blocks("auth")] == [0, 1, 6]
     assert a.committed_digest() == b.committed_digest()
     assert a.committed_digest()[0] == 4  # the digest covers the four key blocks only
+
+
+def test_cursor_one_unit_ahead_survives_a_crash_and_unit_parity_names_the_direction(tmp_path):
+    """Item: a unit is never used twice, even across kill -9, and a restart burns at most one
+    unit that was never used; an (HMAC-only) handshake cannot move a direction onto the other's
+    units (odd base) or below a node's cursor."""
+    pad = os.urandom(UNIT * 100)
+    ka, kb = _wc_store(tmp_path / "a.db", pad), _wc_store(tmp_path / "b.db", pad)
+    wa, wb = WegmanCarter(ka, "alice", "bob"), WegmanCarter(kb, "bob", "alice")
+    assert wa.established() and wb.established()
+    terms = wa.agree(wb.offer())
+    assert terms is not None and terms["base"] % 2 == 0
+    sa = wa.session(terms, b"s" * 16, "alice>bob")
+    sb = wb.session(terms, b"s" * 16, "bob>alice")
+    used = []
+    for c in (1, 2, 3):
+        sa.checkpoint_tag(c, b"record %d" % c, 0, c)
+        used.append(sa.unit("alice>bob", c))
+        # on disk (another connection, as after kill -9) before the tag exists anywhere
+        assert KeyStore(tmp_path / "a.db").pad_cursor("units") == used[-1] + 1
+    sb.checkpoint_tag(1, b"bob", 0, 1)
+    bob_unit = sb.unit("bob>alice", 1)
+    assert all(u % 2 == 0 for u in used) and bob_unit % 2 == 1  # "alice>bob" sorts first
+    # crash and restart: the next session starts beyond every unit used, burning at most one
+    wa2 = WegmanCarter(KeyStore(tmp_path / "a.db"), "alice", "bob")
+    terms2 = wa2.agree(wb.offer())
+    top = max(used + [bob_unit])
+    assert top < terms2["base"] <= top + 2 and terms2["base"] % 2 == 0
+    # terms a forged welcome could carry: below the cursor, or odd (swapping the directions)
+    for base in (terms2["base"] - 2, terms2["base"] + 1):
+        assert wa2.session({"base": base, "limit": terms2["limit"]}, b"t" * 16, "alice>bob") is None
+    # before 64 units were ever held a session waits for them; afterwards any pad will do
+    small = _wc_store(tmp_path / "c.db", os.urandom(UNIT * 40))
+    wc_small = WegmanCarter(small, "alice", "bob")
+    assert not wc_small.established() and wc_small.agree(wc_small.offer()) is None
+    ka.advance_pad_cursor("units", 90)
+    kb.advance_pad_cursor("units", 90)
+    assert wa.agree(wb.offer()) == {"base": 90, "limit": 100}
