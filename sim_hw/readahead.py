@@ -43,6 +43,7 @@ class Chunk:
     n: int
     channel: np.ndarray
     time_ps: np.ndarray
+    counts: np.ndarray  # detections per channel (0-4), counted on the thread that simulated
     after: SimState
     period_ps: float
     jitter_ps: float

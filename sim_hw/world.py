@@ -181,8 +181,9 @@ class World:
         finally:
             numba.set_num_threads(threads)
         rx = sim.params.receiver
-        return Chunk(gen, first, n, det.channel, det.time_ps, sim.snapshot(), sim.period_ps,
-                     rx.jitter_ps, sim.delay_ps)  # fmt: skip
+        counts = np.bincount(det.channel, minlength=5)
+        return Chunk(gen, first, n, det.channel, det.time_ps, counts, sim.snapshot(),
+                     sim.period_ps, rx.jitter_ps, sim.delay_ps)  # fmt: skip
 
     def _produce(self, gen: int, first: int, state: SimState | None) -> bool:
         """Read-ahead worker: queue the chunk at ``first``, unless settings wait to be applied
@@ -212,11 +213,11 @@ class World:
                     chunk = self._simulate(self.ahead.gen, first, n, self.ahead.state)
                     self.ahead.advance(chunk)
         armed = np.array([False, *self.detector.armed()])
-        channel, time_ps = chunk.channel, chunk.time_ps
+        channel, time_ps, counts = chunk.channel, chunk.time_ps, chunk.counts
         if not armed[1:].all():
             keep = armed[channel]
             channel, time_ps = channel[keep], time_ps[keep]
-        counts = np.bincount(channel, minlength=5)
+            counts = np.bincount(channel, minlength=5)
         self.detector_meter.record(chunk.n * chunk.period_ps * 1e-12, counts)
         self.timetagger.ingest(chunk.first, chunk.n, chunk.period_ps, channel, time_ps,
                                chunk.jitter_ps, chunk.delay_ps)  # fmt: skip
