@@ -138,12 +138,16 @@ def _force_restart(nodes, proxy) -> None:
     """Drop one commit checkpoint: the transcripts differ, the session restarts."""
     alice, bob = nodes
     sessions = bob.ch.stats.sessions
+    before = max(n.store.pad_cursor("units") for n in nodes)
     proxy.drop_budget = 1
     _block(nodes, 1000 + proxy.dropped, timeout=0.3)
     ok = _run(nodes, lambda: bob.ch.stats.sessions > sessions and alice.ch.connected
               and bob.ch.connected and proxy.drop_budget == 0)  # fmt: skip
     assert ok, "no session restart"
     proxy.drop_budget = 0
+    _run(nodes, lambda: not bob.store.blocks("pending"), timeout=0.5)  # settled by id
+    # the dropped checkpoint, the status settling Bob's block, one unit for parity at most
+    assert max(n.store.pad_cursor("units") for n in nodes) - before <= 3
 
 
 def _assert_identical(alice: Node, bob: Node) -> None:
