@@ -292,6 +292,8 @@ class PostProcess:
         return (
             self.epoch is not None
             and not self.paused
+            # no Wegman-Carter pad left: nothing could commit (contracts §7); frames wait upstream
+            and not self.channel.stats.wc_pad_exhausted
             and len(self.announced) < MAX_FRAMES_IN_FLIGHT
             and len(self.blocks) < self.cfg.pipeline.max_blocks_in_flight
         )
