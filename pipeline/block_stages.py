@@ -33,10 +33,35 @@ SOURCE_KEYS = ("mu_signal", "mu_decoy", "mu_vacuum", "p_signal", "p_decoy", "p_v
 
 
 QBER_PLAN_STEP = 5e-4
+# One-sided confidence of the upper bound on the test-basis QBER that the LDPC rate is planned
+# for. At 2e5-bit blocks the Z sample holds only ~1e4 events (~100 errors), so the point estimate
+# is off by +-0.1 % absolute (1 sd) and an estimate on the low side planned a code too weak for
+# the key basis: whole frames failed and blocks were lost. The 95 % Clopper-Pearson bound adds
+# ~1.7 sd (~0.15 % at 1 % QBER, ~2-3 % of the key); the blind rounds absorb the rest.
+QBER_PLAN_CONFIDENCE = 0.95
+
+
+def qber_upper_bound(errors: float, n: float, confidence: float = QBER_PLAN_CONFIDENCE) -> float:
+    """One-sided Clopper-Pearson upper bound on an error rate from ``errors`` of ``n`` events.
+
+    Non-integer counts (expected counts in the key-rate prediction) are accepted: the beta
+    quantile is continuous in them. ``n == 0`` gives 0.5 (nothing known).
+    """
+    if n < 0 or errors < 0 or errors > n:
+        raise ValueError(f"need 0 <= errors <= n, got errors={errors}, n={n}")
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    if n == 0:
+        return 0.5
+    if errors >= n:
+        return 1.0
+    from scipy.stats import beta
+
+    return float(beta.ppf(confidence, errors + 1.0, n - errors))
 
 
 def plan_qber(qber: float) -> float:
-    """The QBER estimate the LDPC rate is planned for: rounded *up* to a 0.05 % grid.
+    """The QBER the LDPC rate is planned for: ``qber`` rounded *up* to a 0.05 % grid.
 
     Rounding up only adds a little margin; a grid makes consecutive blocks reuse the same frame
     plans, so the reconciler's bounded cache of position layouts (~2 MB each,
@@ -45,9 +70,20 @@ def plan_qber(qber: float) -> float:
     return min(0.5, math.ceil(qber / QBER_PLAN_STEP) * QBER_PLAN_STEP)
 
 
-def frame_key_bits(qber: float, f_target: float = 1.15) -> int:
-    """Key bits per LDPC frame that Alice's reconciler will plan for this QBER estimate."""
+def plan_qber_counts(errors: float, n: float, confidence: float = QBER_PLAN_CONFIDENCE) -> float:
+    """The planned QBER of a block from its test-basis counts: the upper confidence bound
+    (:func:`qber_upper_bound`) on the grid of :func:`plan_qber`, at most 0.5."""
+    return plan_qber(min(qber_upper_bound(errors, n, confidence), 0.5))
+
+
+def frame_key_bits(qber: float, f_target: float = 1.12) -> int:
+    """Key bits per LDPC frame that Alice's reconciler plans for this (already bounded) QBER."""
     return plan_frame(plan_qber(min(max(qber, 0.0), 0.5)), f_target).key_bits
+
+
+def frame_key_bits_counts(errors: float, n: float, f_target: float = 1.12) -> int:
+    """Key bits per LDPC frame that Alice plans for a block with these test-basis counts."""
+    return plan_frame(plan_qber_counts(errors, n), f_target).key_bits
 
 
 def decoy_settings(source: dict[str, Any], eps_sec: float, eps_cor: float) -> DecoySettings:
@@ -67,6 +103,8 @@ class _Common(BlockSide):
         super().__init__(data)
         self.counts = BlockCounts.from_counts(data.counts, data.test_errors)
         self.qber_z = self.counts.qber_z if self.counts.n_z.sum() else 0.5
+        # what the LDPC rate is planned for: an upper confidence bound, not the point estimate
+        self.qber_plan = plan_qber_counts(int(self.counts.m_z.sum()), int(self.counts.n_z.sum()))
 
     def _figures(self, rec: Any, qber_x: float, secret: int, reason: str = "") -> None:
         res = rec.result()
@@ -84,6 +122,7 @@ class _Common(BlockSide):
             "qber": qber_x,
             "qber_x": qber_x,
             "qber_z": self.qber_z,
+            "qber_plan": self.qber_plan,
             "f": leaked / (n_kept * binary_entropy(qber_x)) if n_kept and qber_x > 0 else None,
             "secret_bits": secret,
         }
@@ -107,7 +146,7 @@ class AliceBlock(_Common):
             return self.fail(reason)
         self.settings = decoy_settings(self.data.source, self.data.eps_sec, self.data.eps_cor)
         self.rec = ReconcilerAlice(
-            self.data.block, plan_qber(self.qber_z), eps_cor=self.data.eps_cor,
+            self.data.block, self.qber_plan, eps_cor=self.data.eps_cor,
             f_target=self.data.f_target,
         )  # fmt: skip
         start = {"type": "block_start", "block": self.data.block,

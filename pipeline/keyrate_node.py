@@ -10,7 +10,7 @@ import math
 
 import numpy as np
 
-from pipeline.block_stages import frame_key_bits, plan_qber
+from pipeline.block_stages import plan_qber_counts
 from pipeline.estimation import DecoySettings, binary_entropy, decoy_core, key_length_core
 from pipeline.keyrate import KeyRateResult, LinkCounts
 from pipeline.ldpc.rate import plan_frame
@@ -43,7 +43,7 @@ def expected_node_key_rate(
     block_bits: int,
     frame_slots: int,
     *,
-    f_target: float = 1.15,
+    f_target: float = 1.12,
     eps_sec: float = 1e-10,
     eps_cor: float = 1e-12,
 ) -> KeyRateResult:
@@ -57,9 +57,10 @@ def expected_node_key_rate(
       the test-basis QBER (``pipeline.postprocess`` ``_close_target``); so ``n_X`` is ``target``
       plus the overshoot of the last event frame (Wald: ``E[n_X] = E[N] * bits per frame``);
     * only ``target`` bits are reconciled, the rest are dropped and paid one bit each;
-    * the leak is the planned syndrome (``m - p`` per LDPC frame, planned at the QBER rounded
-      up, ``pipeline.block_stages.plan_qber``) plus the verification tags; blind-round reveals
-      (rare at the planned efficiency) are not counted.
+    * the leak is the planned syndrome (``m - p`` per LDPC frame, planned at the upper
+      confidence bound of the test-basis QBER of a block's expected Z counts, rounded up,
+      ``pipeline.block_stages.plan_qber_counts``) plus the verification tags; blind-round
+      reveals (rare at the planned efficiency) are not counted.
 
     The counts are :class:`LinkCounts` (the simulator's model); ``extra`` carries the figures.
     """
@@ -71,12 +72,16 @@ def expected_node_key_rate(
     DecoySettings(mu, p, eps_sec, eps_cor)
     counts = LinkCounts.from_link(params)
     qber_x, qber_z = counts.qber_x, counts.qber_z
-    k = frame_key_bits(qber_z, f_target)
+    # The plan: the upper confidence bound on the test-basis QBER from a block's expected Z
+    # counts (pipeline.block_stages.plan_qber_counts; the counts at close, ~block_bits of X).
+    z_per_block = block_bits / counts.sifted_x * sum(counts.z)
+    qber_plan = plan_qber_counts(z_per_block * qber_z, z_per_block)
+    plan = plan_frame(qber_plan, f_target)
+    k = plan.key_bits
     ldpc_frames = -(-block_bits // k)
     target = ldpc_frames * k
     per_frame = frame_slots * counts.sifted_x  # key-basis bits per event frame (~Poisson)
     n_x = per_frame * expected_frames_to_fill(target, per_frame, per_frame)
-    plan = plan_frame(plan_qber(qber_z), f_target)
     reps = hash_repetitions(k, eps_cor / ldpc_frames)
     leak = ldpc_frames * (plan.leaked(0) + 61 * reps + 1)
     dropped = n_x - target
@@ -94,6 +99,6 @@ def expected_node_key_rate(
         block=round(n_x), qber=qber_x, mu=mu, p_mu=p, q_x=1.0 - src.p_basis_z, f_ec=f_ec,
         eps_sec=eps_sec, eps_cor=eps_cor, key_length=math.floor(ell), pulses_per_block=pulses,
         extra={"reconciled_bits": target, "ldpc_frame_bits": k, "dropped_bits": dropped,
-               "leak_bits": leak, "sifted_x_per_pulse": counts.sifted_x, "qber_z": qber_z,
+               "leak_bits": leak, "qber_plan": qber_plan, "sifted_x_per_pulse": counts.sifted_x, "qber_z": qber_z,
                "p_bob_z": params.p_bob_z},
     )  # fmt: skip

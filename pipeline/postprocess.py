@@ -349,9 +349,10 @@ class PostProcess:
         z = sum(int(s.counts[0].sum()) for s in self.sifted.values())
         errors = sum(int(s.test_errors.sum()) for s in self.sifted.values())
         try:
-            from pipeline.block_stages import frame_key_bits
+            from pipeline.block_stages import frame_key_bits, frame_key_bits_counts
 
-            k = frame_key_bits(errors / z if z else 0.05, self.cfg.pipeline.f_target)
+            f_target = self.cfg.pipeline.f_target
+            k = frame_key_bits_counts(errors, z, f_target) if z else frame_key_bits(0.05, f_target)
         except (ImportError, ValueError):
             return self.block_bits
         return -(-self.block_bits // k) * k

@@ -73,8 +73,9 @@ def _predicted(params: Any, n_x: int) -> float | None:
     per-class, per-basis counts (what the simulator samples, dead time included), blocks that
     close at whole LDPC frames above ``BLOCK_BITS`` (mean ``n_X`` from the event frame size;
     the measured ``n_x`` of one block varies by +-3 % and is not used), the pipeline's planned
-    leak (its ``f``, about 1.19 at the model's 1.05 % QBER, plus the verification tags) and the
-    unreconciled tail dropped. Blind-round reveals are not counted.
+    leak (the rate planned at the 95 % upper bound of the test-basis QBER, plus the
+    verification tags) and the unreconciled tail dropped. Blind-round reveals are not counted.
+    The link runs at the preset's operating point (``qnode.link.OPERATING_POINTS``).
     """
     del n_x  # one block's size; the expected size is computed from the configuration
     try:
@@ -150,6 +151,9 @@ def measure(duration_s: float) -> dict[str, Any]:
             "f": result["f"],
             "keys_match": result["keys_match"],
             "key_blocks": result["bob"]["key_blocks"],
+            "blocks_done": bob.get("blocks_done"),  # blocks Bob finished, with or without key
+            "blocks_failed": bob.get("blocks_failed"),
+            "fer": bob.get("fer"),  # LDPC frames failed / frames
         })  # fmt: skip
         if sim_span > 0:
             row["cpu_s_per_sim_s"] = round(sum(cpu.values()) / sim_span, 1)

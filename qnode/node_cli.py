@@ -118,8 +118,11 @@ def link_command(
     json_file: Path | None = typer.Option(None, "--json", help="Write the figures here (JSON)."),
     workdir: Path | None = typer.Option(None, "--workdir", help="Keep configs and stores here."),
     seed: int = typer.Option(1, "--seed", help="Seed of the photon simulation."),
-    p_basis_z: float = typer.Option(
-        0.7, "--p-basis-z", help="Alice's probability of Z, the test basis (0 < p < 1)."
+    p_basis_z: float | None = typer.Option(
+        None,
+        "--p-basis-z",
+        help="Alice's probability of Z, the test basis (0 < p < 1); default: the preset's "
+        "operating point (snspd 0.2), else 0.7.",
     ),
     quiet: bool = typer.Option(False, "--quiet", help="No live view."),
     pki: Path | None = typer.Option(
@@ -143,7 +146,7 @@ def link_command(
     if preset and link_file:
         console.print("qnode link: give --preset or --link, not both")
         raise typer.Exit(2)
-    if not 0.0 < p_basis_z < 1.0:
+    if p_basis_z is not None and not 0.0 < p_basis_z < 1.0:
         console.print(f"qnode link: --p-basis-z must be within (0, 1), not {p_basis_z}")
         raise typer.Exit(2)
     if auth not in ("hmac", "wegman-carter"):

@@ -83,3 +83,59 @@ def test_finite_key_bound_without_key_ends_both_without_key():
     assert alice.finished and bob.finished
     assert alice.result()[0] == b"" and bob.result()[0] == b""
     assert "reason" in alice.figures and "reason" in bob.figures
+
+
+def test_qber_upper_bound_is_clopper_pearson():
+    """The one-sided bound against scipy's exact binomial test, and its limits."""
+    from scipy.stats import binomtest
+
+    from pipeline.block_stages import qber_upper_bound
+
+    for errors, n in ((140, 14_000), (0, 500), (3, 40)):
+        ub = qber_upper_bound(errors, n, 0.95)
+        ci = binomtest(errors, n).proportion_ci(0.90, method="exact")  # two-sided 90 %
+        assert ub == pytest.approx(ci.high, rel=1e-6)
+        assert ub > errors / n
+    assert qber_upper_bound(0, 0) == 0.5 and qber_upper_bound(5, 5) == 1.0
+    assert qber_upper_bound(140, 14_000, 0.99) > qber_upper_bound(140, 14_000, 0.95)
+    with pytest.raises(ValueError):
+        qber_upper_bound(6, 5)
+
+
+def test_plan_covers_the_true_qber_when_the_test_sample_runs_low():
+    """Blocks whose ~1.4e4 Z events say 0.85 % while the key basis has 1.05 % (what lost blocks
+    on the link with the point estimate, a 2.3 sd low sample): the plan is on the 0.05 % grid
+    within one step of the truth (the blind rounds cover that), and drops to the point
+    estimate's grid value as the Z sample grows."""
+    from pipeline.block_stages import QBER_PLAN_STEP, plan_qber, plan_qber_counts
+
+    low = plan_qber_counts(119, 14_000)
+    assert plan_qber(119 / 14_000) == 0.0085 < 0.0105 - QBER_PLAN_STEP <= low
+    assert round(low / QBER_PLAN_STEP, 9) == round(low / QBER_PLAN_STEP)
+    # with 1e8 test events the bound is within one grid step of the estimate
+    assert plan_qber_counts(850_000, 100_000_000) <= plan_qber(0.0085) + QBER_PLAN_STEP
+    # among simulated blocks at a true 1.05 %, the plan is below the truth in < 5 % of them
+    rng = np.random.default_rng(11)
+    errors = rng.binomial(14_000, 0.0105, 400)
+    below = sum(plan_qber_counts(int(e), 14_000) < 0.0105 for e in errors)
+    assert below < 20
+    point_below = sum(plan_qber(e / 14_000) < 0.0105 for e in errors)
+    assert point_below > 100  # what the point estimate did: about half the blocks
+
+
+def test_alice_plans_the_ldpc_rate_at_the_upper_bound():
+    """Alice's reconciler is planned at the bound from the block's test counts, not at the
+    point estimate, and the block figures report both."""
+    from pipeline.block_stages import plan_qber_counts
+
+    a_in, b_in = _inputs(0.01)
+    n_z = 14_000
+    a_in.counts[0] = [n_z - 2000, 2000, 0]
+    a_in.test_errors[:] = [119, 21, 0]
+    b_in.counts[0] = a_in.counts[0]
+    b_in.test_errors[:] = a_in.test_errors
+    alice = AliceBlock(a_in)
+    alice.start()
+    assert alice.qber_z == pytest.approx(140 / n_z)
+    assert alice.qber_plan == plan_qber_counts(140, n_z) > 0.0105
+    assert alice.rec.plan.key_bits == frame_key_bits(alice.qber_plan, a_in.f_target)

@@ -107,7 +107,9 @@ def test_node_block_prediction_is_the_finite_key_bound_with_the_pipeline_overhea
     link = lm.preset("snspd").with_distance(10).with_changes(source={"p_basis_z": 0.7})
     node = expected_node_key_rate(link, 200_000, 1 << 19)
     k = node.extra["ldpc_frame_bits"]
-    assert k == frame_key_bits(node.extra["qber_z"])
+    # planned at the upper confidence bound of the block's expected Z counts, above the mean
+    assert node.extra["qber_plan"] > node.extra["qber_z"]
+    assert k == frame_key_bits(node.extra["qber_plan"]) <= frame_key_bits(node.extra["qber_z"])
     assert node.extra["reconciled_bits"] == 2 * k >= 200_000
     assert 0 < node.extra["dropped_bits"] < (1 << 19) * node.extra["sifted_x_per_pulse"]
     n_x = node.extra["reconciled_bits"] + node.extra["dropped_bits"]
