@@ -148,8 +148,12 @@ def test_qber_rise_in_the_world_holds_key_production_and_clearing_it_resumes(tmp
         assert passed["paused_by_loop"] is False
         assert passed["metrics"]["loop_check_qber"] <= THRESHOLD
         n_resumed = len(watch.blocks["bob"])
-        watch.wait(lambda: len(_committed(link, "bob")) >= len(frozen) + 2, 60,
-                   "new committed blocks after the resume")  # fmt: skip
+
+        def resumed() -> bool:  # a block's telemetry can trail its row in the store
+            reported = [b for b in watch.blocks["bob"][n_resumed:] if "qber" in b]
+            return len(_committed(link, "bob")) >= len(frozen) + 2 and bool(reported)
+
+        watch.wait(resumed, 60, "new committed blocks (and their telemetry) after the resume")
         after = [b["qber"] for b in watch.blocks["bob"][n_resumed:] if "qber" in b]
         assert after and max(after) < THRESHOLD, after
         assert watch.alarm_active("bob") is False
