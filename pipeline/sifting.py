@@ -303,13 +303,40 @@ def _check_n(message: dict[str, Any]) -> int:
 _DELTA_TYPES = (np.dtype("<u2"), np.dtype("<u4"), np.dtype("<i8"))
 
 
-def _narrow(delta: np.ndarray) -> np.ndarray:
-    """Positive slot gaps in the narrowest of uint16 / uint32 / int64 that holds them all."""
-    top = int(delta.max()) if delta.size else 0
-    for dtype in _DELTA_TYPES[:2]:
-        if top <= np.iinfo(dtype).max:
-            return delta.astype(dtype)
-    return delta
+def _slot_gaps(slot: np.ndarray) -> np.ndarray:
+    """The ``n - 1`` gaps between successive slots in the narrowest of uint16 / uint32 / int64
+    that holds them all (two numba passes: no int64 diff array, no casting copy)."""
+    if slot.size < 2:
+        return np.empty(0, np.uint16)
+    top = _max_gap(slot)
+    dtype = next((t for t in _DELTA_TYPES[:2] if top <= np.iinfo(t).max), _DELTA_TYPES[2])
+    out = np.empty(slot.size - 1, dtype)
+    _fill_gaps(slot, out)
+    return out
+
+
+_GAP_CHUNK = 1 << 16  # gaps per parallel chunk (chunks: both cores share a frame's passes)
+
+
+@njit(cache=True, parallel=True)
+def _max_gap(slot):  # pragma: no cover - numba
+    n = slot.size - 1
+    nch = (n + _GAP_CHUNK - 1) // _GAP_CHUNK
+    tops = np.zeros(max(nch, 1), np.int64)
+    for c in prange(nch):
+        top = 0
+        for i in range(c * _GAP_CHUNK + 1, min(n, (c + 1) * _GAP_CHUNK) + 1):
+            d = slot[i] - slot[i - 1]
+            if d > top:
+                top = d
+        tops[c] = top
+    return tops.max()
+
+
+@njit(cache=True, parallel=True)
+def _fill_gaps(slot, out):  # pragma: no cover - numba
+    for i in prange(out.size):
+        out[i] = slot[i + 1] - slot[i]
 
 
 def _announced_slots(message: dict[str, Any], n: int) -> np.ndarray:
@@ -328,23 +355,45 @@ def _announced_slots(message: dict[str, Any], n: int) -> np.ndarray:
         raise ValueError("slot_delta must be a uint16, uint32 or int64 array")
     delta = _check_array("slot_delta", delta, delta.dtype, n - 1)
     slot = np.empty(n, np.int64)
-    if not _gaps_to_slots(slot0, delta.astype(np.int64, copy=False), slot):
+    if not _gaps_to_slots(slot0, delta, slot):  # compiled per gap dtype: no widening copy
         raise ValueError("slot_delta must be positive (strictly increasing slots) and in range")
     return slot
 
 
-@njit(cache=True)
+@njit(cache=True, parallel=True)
 def _gaps_to_slots(slot0, delta, out):  # pragma: no cover - numba
-    """out = slot0, slot0 + d0, ...; False if a gap is not positive or a slot reaches 2^62
+    """out = slot0, slot0 + d0, ...; False if a gap is not positive or a slot reaches 2^62.
+    A two-level prefix sum: chunk totals in parallel, their scan, then each chunk in parallel
     (numpy's cumsum is ~8x slower on a frame's gaps)."""
-    s = slot0
-    out[0] = s
-    for i in range(delta.size):
-        d = delta[i]
-        if d <= 0 or d >= 2**62 - s:
+    limit = np.int64(2**62)
+    n = delta.size
+    out[0] = slot0
+    nch = (n + _GAP_CHUNK - 1) // _GAP_CHUNK
+    sums = np.zeros(max(nch, 1), np.int64)
+    bad = np.zeros(max(nch, 1), np.bool_)
+    for c in prange(nch):  # branch-free: gaps in (0, 2^62), chunk total saturating at 2^62
+        t = np.int64(0)
+        b = False
+        for i in range(c * _GAP_CHUNK, min(n, (c + 1) * _GAP_CHUNK)):
+            d = np.int64(delta[i])
+            b |= (d <= 0) | (d >= limit)
+            t = min(t + d, limit)
+        sums[c] = t
+        bad[c] = b
+    if bad.any():
+        return False
+    base = np.empty(max(nch, 1), np.int64)
+    s = np.int64(slot0)
+    for c in range(nch):
+        if sums[c] >= limit - s:
             return False
-        s += d
-        out[i + 1] = s
+        base[c] = s
+        s += sums[c]
+    for c in prange(nch):
+        s = base[c]
+        for i in range(c * _GAP_CHUNK, min(n, (c + 1) * _GAP_CHUNK)):
+            s += np.int64(delta[i])
+            out[i + 1] = s
     return True
 
 
@@ -397,7 +446,7 @@ class SiftingBob:
             "frame": frame,
             "n": n,
             "slot0": int(slot[0]),
-            "slot_delta": _narrow(np.diff(slot)),
+            "slot_delta": _slot_gaps(slot),
             "basis": basis_w.view(np.uint8),
             "test_bits": (bit_w & ~basis_w).view(np.uint8),
         }
