@@ -257,3 +257,31 @@ def test_perf_rows_measure_both_impls_on_the_same_frame() -> None:
     for row in rows:
         assert row["stage"] == "sifting" and row["agree"] is True and "note" not in row
         assert row["events_per_s"] > 0 and row["n"] == rows[0]["n"]
+
+
+@pytest.mark.parametrize("dtype", [np.uint16, np.uint32, np.int64])
+def test_gap_decoding_across_parallel_chunks(dtype) -> None:
+    """Frames longer than one chunk of the two-level prefix sum decode exactly; a zero gap or a
+    slot reaching 2^62 anywhere (first, middle or last chunk) is refused."""
+    from pipeline.sifting import _GAP_CHUNK, _gaps_to_slots, _slot_gaps
+
+    rng = np.random.default_rng(3)
+    n = 3 * _GAP_CHUNK + 17
+    slot = 5 + np.cumsum(rng.integers(1, 40, n)).astype(np.int64)
+    gaps = _slot_gaps(slot)
+    assert gaps.dtype == np.uint16
+    gaps = gaps.astype(dtype)
+    out = np.empty(n, np.int64)
+    assert _gaps_to_slots(int(slot[0]), gaps, out)
+    np.testing.assert_array_equal(out, slot)
+    for at in (0, _GAP_CHUNK + 3, n - 2):
+        bad = gaps.copy()
+        bad[at] = 0
+        assert not _gaps_to_slots(int(slot[0]), bad, out)
+    # the running slot reaches 2^62 only in the last chunk
+    assert not _gaps_to_slots(2**62 - int(gaps.astype(np.int64).sum()), gaps, out)
+    assert _gaps_to_slots(2**62 - 1 - int(gaps.astype(np.int64).sum()), gaps, out)
+    if dtype is np.int64:
+        huge = gaps.copy()
+        huge[_GAP_CHUNK + 1] = 2**62
+        assert not _gaps_to_slots(0, huge, out)
