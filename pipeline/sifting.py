@@ -315,10 +315,13 @@ def _slot_gaps(slot: np.ndarray) -> np.ndarray:
     return out
 
 
-_GAP_CHUNK = 1 << 16  # gaps per parallel chunk (chunks: both cores share a frame's passes)
+# Gaps per chunk of the two-level prefix sum. The kernels run serially: on a link they run per
+# frame inside a busy process, where a parallel launch cost Alice's post-processing 3x its CPU
+# (measured: 58 % of its samples in the slot decoding, 10-minute link row).
+_GAP_CHUNK = 1 << 16
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True)
 def _max_gap(slot):  # pragma: no cover - numba
     n = slot.size - 1
     nch = (n + _GAP_CHUNK - 1) // _GAP_CHUNK
@@ -333,7 +336,7 @@ def _max_gap(slot):  # pragma: no cover - numba
     return tops.max()
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True)
 def _fill_gaps(slot, out):  # pragma: no cover - numba
     for i in prange(out.size):
         out[i] = slot[i + 1] - slot[i]
@@ -360,11 +363,10 @@ def _announced_slots(message: dict[str, Any], n: int) -> np.ndarray:
     return slot
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True)
 def _gaps_to_slots(slot0, delta, out):  # pragma: no cover - numba
     """out = slot0, slot0 + d0, ...; False if a gap is not positive or a slot reaches 2^62.
-    A two-level prefix sum: chunk totals in parallel, their scan, then each chunk in parallel
-    (numpy's cumsum is ~8x slower on a frame's gaps)."""
+    Chunk totals (branch-free checks), their scan, then each chunk's running sum."""
     limit = np.int64(2**62)
     n = delta.size
     out[0] = slot0
