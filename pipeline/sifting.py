@@ -342,9 +342,10 @@ def _fill_gaps(slot, out):  # pragma: no cover - numba
         out[i] = slot[i + 1] - slot[i]
 
 
-def _announced_slots(message: dict[str, Any], n: int) -> np.ndarray:
+def _announced_slots(message: dict[str, Any], n: int, build: bool = True) -> np.ndarray | None:
     """The announced slots (int64, strictly increasing, non-negative) from ``slot0`` and
-    ``slot_delta``, or from a plain ``slot`` list."""
+    ``slot_delta``, or from a plain ``slot`` list; ``build=False`` only validates them (Alice's
+    sifting needs the count, not the slots, which her symbol request already used)."""
     if "slot" in message:
         slot = _check_array("slot", message.get("slot"), np.int64, n)
         if slot[0] < 0 or (n > 1 and not (np.diff(slot) > 0).all()):
@@ -357,10 +358,27 @@ def _announced_slots(message: dict[str, Any], n: int) -> np.ndarray:
     if not isinstance(delta, np.ndarray) or delta.dtype not in _DELTA_TYPES:
         raise ValueError("slot_delta must be a uint16, uint32 or int64 array")
     delta = _check_array("slot_delta", delta, delta.dtype, n - 1)
+    if not build:
+        if not _gaps_ok(slot0, delta):
+            raise ValueError("slot_delta must be positive (strictly increasing slots) and in range")
+        return None
     slot = np.empty(n, np.int64)
     if not _gaps_to_slots(slot0, delta, slot):  # compiled per gap dtype: no widening copy
         raise ValueError("slot_delta must be positive (strictly increasing slots) and in range")
     return slot
+
+
+@njit(cache=True)
+def _gaps_ok(slot0, delta):  # pragma: no cover - numba
+    """The checks of :func:`_gaps_to_slots` without building the slots (one read-only pass)."""
+    limit = np.int64(2**62)
+    t = np.int64(0)
+    bad = False
+    for i in range(delta.size):
+        d = np.int64(delta[i])
+        bad |= (d <= 0) | (d >= limit)
+        t = min(t + d, limit)
+    return not bad and t < limit - slot0
 
 
 @njit(cache=True)
@@ -496,14 +514,18 @@ class SiftingAlice:
     @staticmethod
     def requested_slots(message: dict[str, Any]) -> np.ndarray:
         """Validate a ``sift_announce`` and return the slots whose symbols Alice must fetch."""
+        return SiftingAlice._validated(message, build=True)
+
+    @staticmethod
+    def _validated(message: dict[str, Any], build: bool) -> Any:
         if message.get("type") != "sift_announce":
             raise ValueError(f"expected a sift_announce, got {message.get('type')!r}")
         _check_frame(message.get("frame"))
         n = _check_n(message)
-        slot = _announced_slots(message, n)
+        slot = _announced_slots(message, n, build)
         _check_plane("basis", message.get("basis"), n)
         _check_plane("test_bits", message.get("test_bits"), n)
-        return slot
+        return slot if build else n
 
     def on_announce(
         self,
@@ -513,7 +535,7 @@ class SiftingAlice:
         intensity: np.ndarray,
     ) -> tuple[dict[str, Any], SiftedFrame]:
         """Sift with Alice's symbols for the announced slots; return (``sift_reply``, result)."""
-        n = self.requested_slots(message).size
+        n = self._validated(message, build=False)
         frame = int(message["frame"])
         basis = _check_array("basis", basis, np.uint8, n)
         bit = _check_array("bit", bit, np.uint8, n)

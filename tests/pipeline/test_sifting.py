@@ -262,8 +262,15 @@ def test_perf_rows_measure_both_impls_on_the_same_frame() -> None:
 @pytest.mark.parametrize("dtype", [np.uint16, np.uint32, np.int64])
 def test_gap_decoding_across_parallel_chunks(dtype) -> None:
     """Frames longer than one chunk of the two-level prefix sum decode exactly; a zero gap or a
-    slot reaching 2^62 anywhere (first, middle or last chunk) is refused."""
-    from pipeline.sifting import _GAP_CHUNK, _gaps_to_slots, _slot_gaps
+    slot reaching 2^62 anywhere (first, middle or last chunk) is refused, by the decoder and by
+    the validation-only pass alike."""
+    from pipeline.sifting import _GAP_CHUNK, _gaps_ok, _slot_gaps
+    from pipeline.sifting import _gaps_to_slots as build
+
+    def _gaps_to_slots(slot0, gaps, out):  # Alice's validation-only pass must agree
+        ok = build(slot0, gaps, out)
+        assert _gaps_ok(slot0, gaps) == ok
+        return ok
 
     rng = np.random.default_rng(3)
     n = 3 * _GAP_CHUNK + 17
