@@ -4,10 +4,8 @@ physical impairments)."""
 from __future__ import annotations
 
 import importlib
-import json
 
 import typer
-import zmq
 
 sim_app = typer.Typer(help="Simulated hardware: physics statistics, emulated instruments, faults.")
 
@@ -39,7 +37,7 @@ def impair(
 ) -> None:
     """Set a running world's physical impairments (they replace the previous ones); without
     options, clear them. Prints the world's reply; exit 1 if it refused."""
-    from sim_hw.serve_cli import control_request, find_control
+    from sim_hw.serve_cli import find_control, report_control
 
     endpoint = find_control(control)
     request: dict = {"op": "impair"}
@@ -47,14 +45,4 @@ def impair(
         request["misalignment"] = misalignment
     if classical_power_dbm is not None:
         request["classical_power_dbm"] = classical_power_dbm
-    try:
-        reply = control_request(endpoint, request)
-    except TimeoutError as exc:
-        typer.echo(str(exc), err=True)
-        raise typer.Exit(1) from None
-    except zmq.ZMQError as exc:  # e.g. not a ZeroMQ endpoint: a message, not a traceback
-        typer.echo(f"--control {endpoint!r}: {exc}", err=True)
-        raise typer.Exit(1) from None
-    typer.echo(json.dumps(reply))
-    if not reply.get("ok"):
-        raise typer.Exit(1)
+    report_control(endpoint, request)

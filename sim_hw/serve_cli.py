@@ -143,6 +143,22 @@ def control_request(endpoint: str, request: dict, timeout_ms: int = 3000) -> dic
         sock.close(0)
 
 
+def report_control(endpoint: str, request: dict) -> None:
+    """CLI side of one control request: print the world's reply (JSON); exit 1 if it refused,
+    did not answer, or ``endpoint`` is not a ZeroMQ endpoint (a message, not a traceback)."""
+    try:
+        reply = control_request(endpoint, request)
+    except TimeoutError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(1) from None
+    except zmq.ZMQError as exc:
+        typer.echo(f"--control {endpoint!r}: {exc}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(json.dumps(reply))
+    if not reply.get("ok"):
+        raise typer.Exit(1)
+
+
 def find_control(control: str | None) -> str:
     """``--control``, else ``QNODE_SIM_CONTROL``, else the newest running world's endpoint."""
     if control:
@@ -177,14 +193,4 @@ def fault(
             raise typer.BadParameter("name one instrument to inject a fault into")
         request = {"op": "inject", "instrument": target, "kind": kind, "count": count,
                    "delay_ms": delay_ms, "code": code, "text": text}  # fmt: skip
-    try:
-        reply = control_request(endpoint, request)
-    except TimeoutError as exc:
-        typer.echo(str(exc), err=True)
-        raise typer.Exit(1) from None
-    except zmq.ZMQError as exc:  # e.g. not a ZeroMQ endpoint: a message, not a traceback
-        typer.echo(f"--control {endpoint!r}: {exc}", err=True)
-        raise typer.Exit(1) from None
-    typer.echo(json.dumps(reply))
-    if not reply.get("ok"):
-        raise typer.Exit(1)
+    report_control(endpoint, request)
