@@ -508,7 +508,7 @@ class PostProcess:
             ids: list[str] = getattr(self.commit, attr)
             while ids:
                 block_id = ids.pop(0)
-                info = next((b for b in self.store.blocks() if b.block_id == block_id), None)
+                info = self.store.block(block_id)  # one row, not a scan per commit
                 payload = {"event": event, "block_id": block_id}
                 if info is not None:
                     payload.update({"seq": info.seq, "n_bits": info.n_bits, "status": info.status})

@@ -57,6 +57,12 @@ CREATE TABLE IF NOT EXISTS channel_pads (
 _META_FIELDS = ("qber", "n_x", "leak_bits", "eps_sec", "eps_cor")
 
 
+_INFO_COLS = (
+    "block_id, seq, peer, status, created_ns, committed_ns, n_bits, qber, n_x, "
+    "leak_bits, eps_sec, eps_cor"
+)  # BlockInfo's fields, in order
+
+
 class KeyStoreError(RuntimeError):
     """A key-store operation that would break an invariant (conflicting key, unknown block)."""
 
@@ -249,14 +255,19 @@ class KeyStore:
             ).fetchone()
         return "discarded" if gone else None
 
+    def block(self, block_id: str) -> BlockInfo | None:
+        """One block's row without its key bytes, or None if it is not stored."""
+        with self._lock:
+            row = self._db.execute(
+                f"SELECT {_INFO_COLS} FROM key_blocks WHERE block_id = ?", (block_id,)
+            ).fetchone()
+        return None if row is None else BlockInfo(*row)
+
     def blocks(self, status: str | None = None) -> list[BlockInfo]:
         """All blocks (or those with ``status``) in block order, without key bytes."""
         if status is not None and status not in STATUSES:
             raise ValueError(f"status must be one of {STATUSES}, not {status!r}")
-        cols = (
-            "block_id, seq, peer, status, created_ns, committed_ns, n_bits, qber, n_x, "
-            "leak_bits, eps_sec, eps_cor"
-        )
+        cols = _INFO_COLS
         with self._lock:
             if status is None:
                 rows = self._db.execute(f"SELECT {cols} FROM key_blocks ORDER BY seq").fetchall()

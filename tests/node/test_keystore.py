@@ -53,6 +53,8 @@ def test_pending_commit_read(store):
     assert store.status("b1") == "committed"
     assert store.blocks("committed")[0].committed_ns is not None
     assert store.read_key("b1") == b"\x01\x02"
+    assert store.block("b1") == store.blocks("committed")[0]  # one row, same fields
+    assert store.block("nosuch") is None
 
 
 def test_insert_is_idempotent_and_conflicts_are_refused(store):
