@@ -87,7 +87,7 @@ class ReadAhead:
 
     # --- event loop side -------------------------------------------------------------------
     def start(self) -> None:
-        if self._thread is None and self.max_chunks > 0 and _threadsafe_numba():
+        if self._thread is None and self.max_chunks > 0 and threadsafe_numba():
             self._thread = threading.Thread(target=self._run, name="read-ahead", daemon=True)
             self._thread.start()
 
@@ -209,7 +209,7 @@ def _touch(a):  # pragma: no cover - numba
         a[i] = i
 
 
-def _threadsafe_numba() -> bool:
+def threadsafe_numba() -> bool:
     """Two threads may run parallel kernels at once only on the tbb and omp layers."""
     try:
         layer = numba.threading_layer()

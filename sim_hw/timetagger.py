@@ -306,6 +306,15 @@ def _merge_kernel(time_ps, channel, delay, small, out, counts):  # pragma: no co
     return True
 
 
+def warm_up() -> None:
+    """Compile (or load) the merge kernel with the types ``_merged_records`` passes."""
+    small = np.array([5 << 8], np.uint64)
+    out = np.empty(3, np.uint64)
+    counts = np.zeros(N_INPUTS, np.int64)
+    time_ps = np.array([1, 9], np.int64)
+    _merge_kernel(time_ps, np.array([1, 2], np.uint8), np.uint64(0), small, out, counts)
+
+
 def _detection_records(
     channel: np.ndarray, time_ps: np.ndarray, delays: np.ndarray, seen: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:

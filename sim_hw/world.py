@@ -40,9 +40,10 @@ from sim_hw.attenuator import Attenuator
 from sim_hw.detector import DetectorModule
 from sim_hw.faults import FaultError
 from sim_hw.physics import LinkSimulator, SimState
-from sim_hw.readahead import MAX_AHEAD_CHUNKS, Chunk, ReadAhead
+from sim_hw.readahead import MAX_AHEAD_CHUNKS, Chunk, ReadAhead, threadsafe_numba
 from sim_hw.source import PulseSource
 from sim_hw.timetagger import RATE_WINDOW_S, RateMeter, TimeTagger
+from sim_hw.timetagger import warm_up as timetagger_warm_up
 from sim_hw.transport import PtyEndpoint, TcpEndpoint
 
 log = logging.getLogger(__name__)
@@ -89,7 +90,12 @@ class World:
         probe = LinkSimulator(self.effective_params(), 0, self.seed)
         probe.simulate(0, 1 << 17)
         symbols.symbols_range(0, 0, 16, 0.5, 0.8, 0.1)
-        symbols.symbols_for_slots(0, np.arange(16), 0.5, 0.8, 0.1)
+        slots = np.arange(16, dtype=np.int64)
+        symbols.symbols_for_slots(0, slots, 0.5, 0.8, 0.1)
+        slots.flags.writeable = False  # numba types a command's np.frombuffer payload apart
+        symbols.symbols_for_slots(0, slots, 0.5, 0.8, 0.1)
+        timetagger_warm_up()
+        threadsafe_numba()  # picks the threading layer the read-ahead worker asks about
 
     @property
     def current_slot(self) -> int:
