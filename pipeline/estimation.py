@@ -22,8 +22,6 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.sifting import SiftedFrame
-
 ABORT_QBER = 0.11  # above this QBER (either basis) a block yields no key at all
 _LN2 = math.log(2.0)
 
@@ -243,87 +241,3 @@ def key_length(
     if value < 1.0:
         return KeyLength(0, aborted=False, reason="finite-key bound gives no key", **common)
     return KeyLength(int(math.floor(value)), aborted=False, **common)
-
-
-# --------------------------------------------------------------------------- block accumulation
-# A block is made of whole frames (a frame's counts cannot be split by intensity class without its
-# per-bit classes), so it closes at the first frame that brings the key-basis count to at least
-# n_x. Both nodes feed the same frames in the same order and see identical counts, so they close
-# the same blocks with the same ids; ``frames`` on the block lets the runtime check that anyway.
-
-MAX_BLOCK_BITS = 1_000_000_000
-
-
-@dataclass(frozen=True)
-class Block:
-    """A closed block: this side's key bits and the counts the finite-key bound needs."""
-
-    block: int
-    frames: tuple[int, ...]
-    key_bits: np.ndarray
-    counts: np.ndarray  # int64 (2, 3): [basis Z/X, intensity]
-    test_errors: np.ndarray  # int64 (3,)
-
-    @property
-    def n_x(self) -> int:
-        return int(self.key_bits.size)
-
-    def block_counts(self) -> BlockCounts:
-        return BlockCounts.from_counts(self.counts, self.test_errors)
-
-
-class BlockAccumulator:
-    """Collects sifted frames into blocks of at least ``n_x`` key-basis bits."""
-
-    def __init__(self, n_x: int, first_block: int = 0) -> None:
-        if isinstance(n_x, bool) or not isinstance(n_x, int | np.integer):
-            raise ValueError(f"block size n_x must be an integer, got {n_x!r}")
-        if not 1 <= n_x <= MAX_BLOCK_BITS:
-            raise ValueError(f"block size n_x must be in 1 ... {MAX_BLOCK_BITS}, got {n_x}")
-        self.n_x = int(n_x)
-        self.next_block = first_block
-        self._reset()
-
-    def _reset(self) -> None:
-        self._bits: list[np.ndarray] = []
-        self._frames: list[int] = []
-        self._counts = np.zeros((2, 3), np.int64)
-        self._errors = np.zeros(3, np.int64)
-        self._n = 0
-
-    @property
-    def pending_bits(self) -> int:
-        """Key-basis bits collected towards the open block."""
-        return self._n
-
-    def add(self, frame: SiftedFrame) -> Block | None:
-        """Add one frame; return the block it closes, if any."""
-        if not isinstance(frame, SiftedFrame):
-            raise ValueError(f"expected a SiftedFrame, got {type(frame).__name__}")
-        if self._frames and frame.frame <= self._frames[-1]:
-            raise ValueError(
-                f"frame {frame.frame} out of order (last added {self._frames[-1]}): "
-                "both nodes must add frames in increasing order"
-            )
-        self._bits.append(frame.key_bits)
-        self._frames.append(frame.frame)
-        self._counts += frame.counts
-        self._errors += frame.test_errors
-        self._n += frame.n_key
-        return self.flush() if self._n >= self.n_x else None
-
-    def flush(self) -> Block | None:
-        """Close the open block now (e.g. at shutdown); None when it holds no key bits."""
-        if self._n == 0:
-            self._reset()
-            return None
-        block = Block(
-            block=self.next_block,
-            frames=tuple(self._frames),
-            key_bits=np.concatenate(self._bits),
-            counts=self._counts.copy(),
-            test_errors=self._errors.copy(),
-        )
-        self.next_block += 1
-        self._reset()
-        return block

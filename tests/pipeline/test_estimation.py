@@ -11,14 +11,12 @@ from hypothesis import strategies as st
 
 from pipeline.estimation import (
     ABORT_QBER,
-    BlockAccumulator,
     BlockCounts,
     DecoySettings,
     binary_entropy,
     decoy_bounds,
     key_length,
 )
-from pipeline.sifting import SiftedFrame
 from qnode import linkmodel
 
 # standards-and-physics.md §4.1, GYS with mu = 0.48: (L km, Y_1, e_1, R infinite decoy, R vac+0.1)
@@ -196,44 +194,3 @@ def test_bad_key_length_arguments_raise() -> None:
     ):
         with pytest.raises(ValueError, match=match):
             key_length(counts, cfg, **kwargs)
-
-
-# --------------------------------------------------------------------------- blocks
-
-
-def frame(k: int, n_key: int) -> SiftedFrame:
-    rng = np.random.default_rng(k)
-    return SiftedFrame(
-        frame=k,
-        key_bits=rng.integers(0, 2, n_key).astype(np.uint8),
-        counts=np.array([[3, 2, 1], [n_key - 5, 3, 2]], np.int64),
-        test_errors=np.array([1, 0, 0], np.int64),
-    )
-
-
-def test_block_accumulator_closes_blocks_of_whole_frames() -> None:
-    acc = BlockAccumulator(1000)
-    frames = [frame(k, 300) for k in range(10, 17)]
-    blocks = [b for b in (acc.add(f) for f in frames) if b is not None]
-    assert [b.frames for b in blocks] == [(10, 11, 12, 13)]
-    first = blocks[0]
-    assert first.block == 0 and first.n_x == 1200
-    np.testing.assert_array_equal(first.key_bits, np.concatenate([f.key_bits for f in frames[:4]]))
-    assert first.counts[1].sum() == 1200 and first.test_errors.tolist() == [4, 0, 0]
-    assert first.block_counts().n_x.sum() == 1200
-    assert acc.pending_bits == 900
-    last = acc.flush()
-    assert last is not None and last.block == 1 and last.frames == (14, 15, 16)
-    assert acc.flush() is None and acc.pending_bits == 0
-
-
-def test_block_accumulator_rejects_bad_input() -> None:
-    for bad in (0, -5, 2.5, True, 10**10):
-        with pytest.raises(ValueError, match="block size"):
-            BlockAccumulator(bad)
-    acc = BlockAccumulator(10**6)
-    acc.add(frame(5, 100))
-    with pytest.raises(ValueError, match="out of order"):
-        acc.add(frame(5, 100))
-    with pytest.raises(ValueError, match="SiftedFrame"):
-        acc.add({"frame": 6})
