@@ -44,7 +44,7 @@ from pipeline.sifting import SiftedFrame, SiftingAlice, SiftingBob
 from qnode.bus import Publisher, topic
 from qnode.channel import ChannelError, ClassicalChannel, load_secret
 from qnode.codec import CodecError, packb, unpackb
-from qnode.config import NodeConfig, load_config
+from qnode.config import NodeConfig, check_auth_downgrade, load_config
 from qnode.keystore import KeyStore
 
 log = logging.getLogger("qnode.postprocess")
@@ -107,6 +107,9 @@ class PostProcess:
         self.cfg = cfg
         self.role = cfg.role
         self.ctx = zmq.Context.instance()
+        downgrade = check_auth_downgrade(cfg)  # contracts §7: refused unless overridden
+        if downgrade:
+            log.warning("%s", downgrade)
         self.store = KeyStore(cfg.keystore.path, cfg.keystore.busy_timeout_ms)
         secret = load_secret(
             str(cfg.peer.secret_file) if cfg.peer.secret_file else None, cfg.peer.secret_env
