@@ -11,6 +11,9 @@ file or an environment variable and never stored in the model's repr or logged::
     id = "bob"
     bind = "tcp://127.0.0.1:5701"   # Alice listens; Bob sets connect = "tcp://host:5701"
     secret_file = "link.secret"     # or secret_env = "QNODE_LINK_SECRET"
+    auth = "hmac"                   # or "wegman-carter"; a store that has run under
+                                    # Wegman-Carter refuses "hmac" unless
+                                    # allow_auth_downgrade = true (logged, docs/contracts.md §7)
     [keystore]
     path = "alice-keys.db"
     [telemetry]
@@ -22,11 +25,20 @@ file or an environment variable and never stored in the model's repr or logged::
 
 from __future__ import annotations
 
+import time
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    ValidationError,
+    model_validator,
+)
 
 
 class NodeConfigError(ValueError):
@@ -46,6 +58,9 @@ class PeerConfig(_Section):
     secret_file: Path | None = None
     secret_env: str | None = None
     auth: Literal["hmac", "wegman-carter"] = "hmac"
+    # Operator override of the no-downgrade rule (docs/contracts.md §7): start with auth = "hmac"
+    # on a key store that has run under Wegman-Carter. Logged and counted in the store.
+    allow_auth_downgrade: StrictBool = False
     wc_every_blocks: StrictInt = Field(8, ge=1, description="every n-th key block feeds the pads")
     heartbeat_s: float = Field(1.0, gt=0)
     # Generous: a heartbeat cannot be sent while a long numba kernel (a batch of LDPC decodes,
@@ -60,6 +75,11 @@ class PeerConfig(_Section):
             raise ValueError("peer: give exactly one of 'secret_file' and 'secret_env'")
         if self.timeout_s <= 2 * self.heartbeat_s:
             raise ValueError("peer.timeout_s must exceed twice peer.heartbeat_s")
+        if self.allow_auth_downgrade and self.auth != "hmac":
+            # a forgotten override would silently allow the next switch to HMAC: refuse it
+            raise ValueError(
+                'peer.allow_auth_downgrade applies only with peer.auth = "hmac"; remove it'
+            )
         return self
 
 
@@ -165,3 +185,43 @@ def load_config(path: str | Path) -> NodeConfig:
     except tomllib.TOMLDecodeError as exc:
         raise NodeConfigError(f"{path}: not valid TOML: {exc}") from None
     return parse_config(data, path.parent.resolve(), str(path))
+
+
+def check_auth_downgrade(cfg: NodeConfig, record: bool = True) -> str | None:
+    """Refuse ``peer.auth = "hmac"`` on a key store that has run under Wegman-Carter.
+
+    Once a node's channel has held one-time pad it never commits key under HMAC alone
+    (docs/contracts.md §7); switching its configuration back to HMAC would bypass that, so the
+    node does not start (:class:`NodeConfigError` naming the key and why) unless the operator
+    sets ``peer.allow_auth_downgrade = true``. Then the override is counted in the key store
+    (unless ``record`` is false: a pre-flight check) and the returned warning must be logged.
+    None: nothing to refuse or report.
+    """
+    if cfg.peer.auth != "hmac" or not cfg.keystore.path.exists():
+        return None
+    from qnode.keystore import KeyStore
+
+    store = KeyStore(cfg.keystore.path, cfg.keystore.busy_timeout_ms)
+    try:
+        if not store.wc_established():
+            return None
+        since = store.wc_established_ns()
+        when = (
+            time.strftime(" since %Y-%m-%d %H:%M:%S UTC", time.gmtime(since / 1e9)) if since else ""
+        )
+        why = (
+            f"the key store {cfg.keystore.path} has run under Wegman-Carter{when}; under "
+            "HMAC alone key would be committed on the pre-shared secret's computational "
+            "security (no downgrade, docs/contracts.md §7)"
+        )
+        if not cfg.peer.allow_auth_downgrade:
+            raise NodeConfigError(
+                f'peer.auth = "hmac" refused: {why}. Keep peer.auth = "wegman-carter", or set '
+                "peer.allow_auth_downgrade = true to override (logged and recorded in the store)"
+            )
+        count = f", override #{store.record_auth_downgrade()} on this store" if record else ""
+        return (
+            f"AUTH DOWNGRADE by operator override (peer.allow_auth_downgrade = true{count}): {why}"
+        )
+    finally:
+        store.close()

@@ -8,11 +8,14 @@ post-processing process writes; ``busy_timeout`` makes concurrent writers wait i
 Key bytes are returned only by :meth:`KeyStore.read_key`; nothing here logs them and no
 ``__repr__`` shows them.
 
-Besides ``key_blocks`` the store keeps two small tables of its own:
+Besides ``key_blocks`` the store keeps three small tables of its own:
 - ``key_block_tombstones``: ids this node has discarded or declared unknown to its peer; such an
   id can never be inserted again, so a late message cannot resurrect a block the peer dropped.
 - ``channel_pads``: the Wegman-Carter pad cursor per direction (qnode/channel.py). Blocks whose
   status is ``auth`` were taken out of the key pool to feed the channel's one-time pads.
+- ``node_state``: durable, monotone facts about the node: ``wc_established`` (the channel has run
+  under Wegman-Carter; from then on ``auth = "hmac"`` is refused, docs/contracts.md §7) and
+  ``auth_downgrades`` (how often, and when last, an operator overrode that refusal).
 """
 
 from __future__ import annotations
@@ -26,6 +29,9 @@ from pathlib import Path
 from typing import Any
 
 STATUSES = ("pending", "committed", "auth")
+# Pad bytes after which a store counts as Wegman-Carter-established even without the marker
+# (stores from before ``node_state``): qnode.wegman_carter.ESTABLISH_UNITS x UNIT.
+WC_ESTABLISH_BYTES = 64 * 16
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS key_blocks (
@@ -51,6 +57,11 @@ CREATE TABLE IF NOT EXISTS key_block_tombstones (
 CREATE TABLE IF NOT EXISTS channel_pads (
     direction TEXT PRIMARY KEY,
     cursor_bytes INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS node_state (
+    name TEXT PRIMARY KEY,
+    value INTEGER NOT NULL,
+    set_ns INTEGER NOT NULL
 );
 """
 
@@ -340,6 +351,47 @@ class KeyStore:
                 "SELECT key FROM key_blocks WHERE status = 'auth' ORDER BY seq"
             ).fetchall()
         return b"".join(bytes(r[0]) for r in rows)
+
+    # -- node state (durable, monotone) ---------------------------------------------------------
+    def mark_wc_established(self) -> None:
+        """Record, once and for good, that this node's channel has run under Wegman-Carter."""
+        with self._tx() as db:
+            db.execute(
+                "INSERT OR IGNORE INTO node_state (name, value, set_ns) "
+                "VALUES ('wc_established', 1, ?)",
+                (time.time_ns(),),
+            )
+
+    def wc_established_ns(self) -> int | None:
+        """When the Wegman-Carter mark was set (ns), or None if it never was."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT set_ns FROM node_state WHERE name = 'wc_established'"
+            ).fetchone()
+        return None if row is None else int(row[0])
+
+    def wc_established(self) -> bool:
+        """Whether this store has been under Wegman-Carter: the mark, or (a store from before
+        the mark existed) at least ``WC_ESTABLISH_BYTES`` of ``auth`` blocks ever held, which
+        are never removed."""
+        if self.wc_established_ns() is not None:
+            return True
+        with self._lock:
+            row = self._db.execute(
+                "SELECT COALESCE(SUM(LENGTH(key)), 0) FROM key_blocks WHERE status = 'auth'"
+            ).fetchone()
+        return int(row[0]) >= WC_ESTABLISH_BYTES
+
+    def record_auth_downgrade(self) -> int:
+        """Count an operator's override of the no-downgrade rule; returns the new count."""
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO node_state (name, value, set_ns) VALUES ('auth_downgrades', 1, ?) "
+                "ON CONFLICT(name) DO UPDATE SET value = value + 1, set_ns = excluded.set_ns",
+                (time.time_ns(),),
+            )
+            row = db.execute("SELECT value FROM node_state WHERE name = 'auth_downgrades'")
+            return int(row.fetchone()[0])
 
     def close(self) -> None:
         with self._lock:

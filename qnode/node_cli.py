@@ -35,7 +35,7 @@ def node_command(
     import logging
 
     from qnode.channel import load_secret
-    from qnode.config import NodeConfigError, load_config
+    from qnode.config import NodeConfigError, check_auth_downgrade, load_config
     from qnode.node import run_node
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s node %(message)s")
@@ -44,9 +44,13 @@ def node_command(
         load_secret(
             str(cfg.peer.secret_file) if cfg.peer.secret_file else None, cfg.peer.secret_env
         )
+        # contracts §7: no HMAC on a Wegman-Carter store (post-processing records an override)
+        downgrade = check_auth_downgrade(cfg, record=False)
     except (NodeConfigError, ValueError, OSError) as exc:
         typer.echo(f"qnode node: {exc}", err=True)
         raise typer.Exit(2) from None
+    if downgrade:
+        logging.getLogger("qnode.node").warning("%s", downgrade)
     raise typer.Exit(run_node(cfg, config.resolve(), ready_file))
 
 

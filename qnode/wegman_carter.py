@@ -337,10 +337,17 @@ class WegmanCarter:
         self.keystore.advance_pad_cursor("units", cursor)
 
     def established(self) -> bool:
-        """Whether this node has ever held ``min_units`` of pad (read from the key store, so it
-        survives restarts; monotone). From then on no key is committed under HMAC alone."""
+        """Whether this node has ever held ``min_units`` of pad. Monotone and durable: the first
+        time it holds, the key store records it (``node_state``), and the mark alone keeps the
+        node established after a restart, whatever pad is left. From then on no key is
+        committed under HMAC alone, and ``auth = "hmac"`` is refused at start-up
+        (:func:`qnode.config.check_auth_downgrade`)."""
         if not self._established:
-            self._established = self._available() >= self.min_units
+            if self.keystore.wc_established_ns() is not None:
+                self._established = True
+            elif self._available() >= self.min_units:
+                self.keystore.mark_wc_established()
+                self._established = True
         return self._established
 
     def offer(self) -> dict[str, Any]:

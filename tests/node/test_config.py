@@ -82,3 +82,107 @@ def test_qnode_node_refuses_bad_config_and_missing_secret(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "qnode", "node", "--config", str(cfg)],
                           capture_output=True, text=True, timeout=60)  # fmt: skip
     assert proc.returncode == 2 and "QNODE_TEST_NO_SUCH_SECRET" in proc.stderr
+
+
+# --------------------------------------------------------------------------- no auth downgrade
+# docs/contracts.md §7: a key store that has run under Wegman-Carter refuses auth = "hmac".
+
+
+def _hmac_cfg(tmp_path, **peer):
+    data = _base()
+    data["peer"].update(peer)
+    return parse_config(data, tmp_path)
+
+
+def _wc_store(path, units: int, mark: bool):
+    from qnode.keystore import KeyStore
+
+    store = KeyStore(path)
+    store.add_committed("pad0", 0, "bob", bytes(range(256)) * (units // 16), {}, for_channel=True)
+    if mark:
+        store.mark_wc_established()
+    return store
+
+
+@pytest.mark.parametrize(
+    "peer, named",
+    [
+        ({"auth": "wegman-carter", "allow_auth_downgrade": True}, "peer.allow_auth_downgrade"),
+        ({"allow_auth_downgrade": "yes"}, "peer.allow_auth_downgrade"),
+        ({"allow_auth_downgrade": 1}, "peer.allow_auth_downgrade"),
+    ],
+)
+def test_downgrade_override_is_validated(tmp_path, peer, named):
+    with pytest.raises(NodeConfigError, match=named):
+        _hmac_cfg(tmp_path, **peer)
+
+
+def test_hmac_refused_on_a_wegman_carter_store_unless_overridden(tmp_path):
+    from qnode.config import check_auth_downgrade
+
+    cfg = _hmac_cfg(tmp_path)
+    assert check_auth_downgrade(cfg) is None  # no store yet: a fresh node
+    assert not cfg.keystore.path.exists()  # the check creates none
+    _wc_store(cfg.keystore.path, 16, mark=True).close()  # marked: pad size does not matter
+    with pytest.raises(NodeConfigError) as err:
+        check_auth_downgrade(cfg)
+    text = str(err.value)
+    assert 'peer.auth = "hmac" refused' in text and "Wegman-Carter" in text
+    assert "peer.allow_auth_downgrade = true" in text and str(cfg.keystore.path) in text
+    # a Wegman-Carter node on the same store starts
+    wc = parse_config({**_base(), "peer": {**_base()["peer"], "auth": "wegman-carter"}}, tmp_path)
+    assert check_auth_downgrade(wc) is None
+    over = _hmac_cfg(tmp_path, allow_auth_downgrade=True)
+    assert "override #1" in check_auth_downgrade(over)
+    assert "override #2" in check_auth_downgrade(over)  # counted per start, in the store
+    assert "override #" not in check_auth_downgrade(over, record=False)
+    from qnode.keystore import KeyStore
+
+    store = KeyStore(cfg.keystore.path)
+    assert store.record_auth_downgrade() == 3
+    store.close()
+
+
+def test_a_store_from_before_the_mark_counts_by_its_pad(tmp_path):
+    from qnode.config import check_auth_downgrade
+
+    cfg = _hmac_cfg(tmp_path)
+    store = _wc_store(cfg.keystore.path, 48, mark=False)  # below 64 units: bootstrap only
+    assert check_auth_downgrade(cfg) is None
+    store.add_committed("pad1", 1, "bob", b"\x07" * 16 * 16, {}, for_channel=True)  # 64 units
+    store.close()
+    with pytest.raises(NodeConfigError, match="peer.auth"):
+        check_auth_downgrade(cfg)
+
+
+def test_wegman_carter_marks_the_store_durably(tmp_path):
+    from qnode.keystore import KeyStore
+    from qnode.wegman_carter import WegmanCarter
+
+    path = tmp_path / "keys.db"
+    store = _wc_store(path, 16, mark=False)
+    assert not WegmanCarter(store, "alice", "bob", min_units=32).established()
+    assert store.wc_established_ns() is None and not store.wc_established()
+    assert WegmanCarter(store, "alice", "bob", min_units=8).established()
+    store.close()
+    store = KeyStore(path)  # a restart: the mark alone keeps the node established
+    assert store.wc_established_ns() is not None and store.wc_established()
+    assert WegmanCarter(store, "alice", "bob", min_units=1000).established()
+    store.close()
+
+
+def test_qnode_node_and_postprocess_refuse_the_downgrade(tmp_path, monkeypatch):
+    from pipeline.postprocess import PostProcess
+
+    db = tmp_path / "alice-keys.db"
+    _wc_store(db, 16, mark=True).close()
+    cfg = tmp_path / "alice.toml"
+    text = (CONFIGS / "alice.toml").read_text()
+    cfg.write_text(text.replace('path = "alice-keys.db"', f'path = "{db}"'))
+    env = {**__import__("os").environ, "QNODE_LINK_SECRET": "ab" * 32}
+    proc = subprocess.run([sys.executable, "-m", "qnode", "node", "--config", str(cfg)],
+                          capture_output=True, text=True, timeout=60, env=env)  # fmt: skip
+    assert proc.returncode == 2 and 'peer.auth = "hmac" refused' in proc.stderr
+    monkeypatch.setenv("QNODE_LINK_SECRET", "ab" * 32)
+    with pytest.raises(NodeConfigError, match="allow_auth_downgrade"):
+        PostProcess(load_config(cfg), "ipc:///nonexistent/hub")
