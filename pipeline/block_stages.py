@@ -29,6 +29,7 @@ from pipeline.estimation import BlockCounts, DecoySettings, binary_entropy, key_
 from pipeline.ldpc.rate import FramePlan, plan_frame
 from pipeline.reconciliation import ReconcilerAlice, ReconcilerBob
 
+NO_FRAME_DECODED = "no LDPC frame decoded"  # block telemetry: qber null, qber_unknown this
 SOURCE_KEYS = ("mu_signal", "mu_decoy", "mu_vacuum", "p_signal", "p_decoy", "p_vacuum")
 
 
@@ -102,11 +103,14 @@ class _Common(BlockSide):
     def __init__(self, data: BlockInput) -> None:
         super().__init__(data)
         self.counts = BlockCounts.from_counts(data.counts, data.test_errors)
-        self.qber_z = self.counts.qber_z if self.counts.n_z.sum() else 0.5
+        # None: no test-basis detection, the QBER is unknown (telemetry null; the block aborts)
+        self.qber_z: float | None = self.counts.qber_z if self.counts.n_z.sum() else None
         # what the LDPC rate is planned for: an upper confidence bound, not the point estimate
         self.qber_plan = plan_qber_counts(int(self.counts.m_z.sum()), int(self.counts.n_z.sum()))
 
-    def _figures(self, rec: Any, qber_x: float, secret: int, reason: str = "") -> None:
+    def _figures(self, rec: Any, qber_x: float | None, secret: int, reason: str = "") -> None:
+        """Telemetry figures; ``qber_x`` None = unknown (no LDPC frame decoded, or the sides
+        disagree), reported as null with ``qber_unknown`` = why, never as a number."""
         res = rec.result()
         n_kept = int(res.key.size)
         leaked = int(res.leaked_bits)
@@ -123,7 +127,7 @@ class _Common(BlockSide):
             "qber_x": qber_x,
             "qber_z": self.qber_z,
             "qber_plan": self.qber_plan,
-            "f": leaked / (n_kept * binary_entropy(qber_x)) if n_kept and qber_x > 0 else None,
+            "f": leaked / (n_kept * binary_entropy(qber_x)) if n_kept and qber_x else None,
             "secret_bits": secret,
         }
         for k, name in enumerate(("signal", "decoy", "vacuum")):
@@ -132,8 +136,12 @@ class _Common(BlockSide):
                 self.figures[f"sifted_gain_{name}"] = matched / (pulses * float(p[k]))
         if reason:
             self.figures["reason"] = reason
+        if qber_x is None:
+            self.figures["qber_unknown"] = reason or "unknown"
 
     def _check_abort(self) -> str | None:
+        if self.qber_z is None:
+            return "QBER_Z unknown: no test-basis detections"
         if self.qber_z > self.data.qber_abort:
             return f"QBER_Z {self.qber_z:.4f} above {self.data.qber_abort}"
         return None
@@ -170,10 +178,12 @@ class AliceBlock(_Common):
     def _amplify(self, bob: Message) -> list[Message]:
         res = self.rec.result()
         if list(bob.get("kept", [])) != list(res.kept_frames):
-            return self._nokey("kept frames differ between the sides", 0.5)
+            return self._nokey("kept frames differ between the sides", None)
+        if not res.kept_frames:
+            return self._nokey(NO_FRAME_DECODED, None)
         qber_x = float(bob.get("qber_x", 0.5))
         if not 0.0 <= qber_x <= 0.5:
-            return self._nokey("bad qber_x", 0.5)
+            return self._nokey("bad qber_x", None)
         n_kept = int(res.key.size)
         dropped = int(self.data.key_bits.size) - n_kept
         length = key_length(
@@ -189,7 +199,7 @@ class AliceBlock(_Common):
         self._finish_key(final, secret, qber_x)
         return [message]
 
-    def _nokey(self, reason: str, qber_x: float) -> list[Message]:
+    def _nokey(self, reason: str, qber_x: float | None) -> list[Message]:
         self._figures(self.rec, qber_x, 0, reason)
         self.finished = True
         return [{"type": "block_nokey", "block": self.data.block, "reason": reason}]
@@ -210,7 +220,7 @@ class BobBlock(_Common):
         self.rec.start(self.data.key_bits)
         self._reported = False
         self._frame_bits = 0
-        self.qber_x = 0.5
+        self.qber_x: float | None = None  # known once a frame decoded
         return []
 
     def handle(self, msg: Message) -> list[Message]:
@@ -223,7 +233,7 @@ class BobBlock(_Common):
             self.finished = True
             return []
         if kind == "pa_seed":
-            if not self._reported:
+            if not self._reported or self.qber_x is None:
                 raise ValueError("pa_seed before the block was reconciled")
             res = self.rec.result()
             final = PrivacyAmplificationBob().apply(msg, res.key)
@@ -239,16 +249,18 @@ class BobBlock(_Common):
             self._reported = True
             res = self.rec.result()
             self.qber_x = self._qber_x(res)
+            # on the wire 0.5 when unknown: Alice sees no kept frame either and ends the block
+            qber_x = 0.5 if self.qber_x is None else self.qber_x
             out = [*out, {"type": "block_reconciled", "block": self.data.block,
-                          "kept": list(res.kept_frames), "qber_x": self.qber_x}]  # fmt: skip
+                          "kept": list(res.kept_frames), "qber_x": qber_x}]  # fmt: skip
         return out
 
-    def _qber_x(self, res: Any) -> float:
+    def _qber_x(self, res: Any) -> float | None:
         """Errors corrected in the kept frames / kept bits: Bob's raw bits against his corrected
         ones (frame ``f`` carries raw bits ``[f k, (f + 1) k)``, the reconciler's layout)."""
         k = self._frame_bits
         if not res.kept_frames or not k:
-            return 0.5
+            return None
         corrected = res.key.reshape(len(res.kept_frames), k)
         raw = np.stack([self.data.key_bits[f * k : (f + 1) * k] for f in res.kept_frames])
         return float(np.count_nonzero(corrected != raw) / corrected.size)

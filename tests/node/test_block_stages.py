@@ -139,3 +139,33 @@ def test_alice_plans_the_ldpc_rate_at_the_upper_bound():
     assert alice.qber_z == pytest.approx(140 / n_z)
     assert alice.qber_plan == plan_qber_counts(140, n_z) > 0.0105
     assert alice.rec.plan.key_bits == frame_key_bits(alice.qber_plan, a_in.f_target)
+
+
+def test_no_decoded_frame_reports_the_qber_as_unknown_not_as_a_number():
+    """Every LDPC frame fails (the bits carry 20 % errors, the test counts say 1 %): no key, and
+    the block's figures carry qber null with the reason, never a placeholder 0.5."""
+    from pipeline.block_stages import NO_FRAME_DECODED
+
+    a_in, b_in = _inputs(0.01)
+    rng = np.random.default_rng(9)
+    b_in.key_bits = a_in.key_bits ^ (rng.random(a_in.key_bits.size) < 0.2).astype(np.uint8)
+    alice, bob, _ = _run(a_in, b_in)
+    assert alice.finished and bob.finished
+    for side in (alice, bob):
+        key, _, fig = side.result()
+        assert key == b""
+        assert fig["ldpc_frames"] == fig["ldpc_frames_failed"] > 0
+        assert fig["qber"] is None and fig["qber_x"] is None and fig["f"] is None
+        assert fig["qber_unknown"] == NO_FRAME_DECODED
+        assert fig["qber_z"] == pytest.approx(a_in.test_errors.sum() / a_in.counts[0].sum())
+
+
+def test_no_test_basis_detection_is_refused_at_the_start_not_given_a_qber():
+    """No Z detection: the block cannot start (the post-processing fails it on both sides with
+    this reason), so no QBER, placeholder or not, is ever reported for it."""
+    a_in, b_in = _inputs(0.01)
+    a_in.counts = b_in.counts = a_in.counts * np.array([[0], [1]])  # no Z detection at all
+    a_in.test_errors = b_in.test_errors = np.zeros(3, np.int64)
+    for side, data in ((AliceBlock, a_in), (BobBlock, b_in)):
+        with pytest.raises(ValueError, match="no test-basis detections"):
+            side(data)
