@@ -479,7 +479,10 @@ class PostProcess:
             self.stats.leaked_bits += figures.get("leaked_bits", 0)
             self.stats.ldpc_frames += figures.get("ldpc_frames", 0)
             self.stats.ldpc_frames_failed += figures.get("ldpc_frames_failed", 0)
-            info.update({k: v for k, v in figures.items() if isinstance(v, int | float | str)})
+            # None kept: an unknown figure (qber null + qber_unknown) is published as null
+            info.update(
+                {k: v for k, v in figures.items() if v is None or isinstance(v, int | float | str)}
+            )
             if key:
                 self.stats.secret_bits += meta["n_bits"]
                 self.stats.secret_window.append((time.monotonic(), meta["n_bits"]))
@@ -568,8 +571,8 @@ class PostProcess:
             **qber_z,
             **detected,
         }
-        for key in ("qber", "f", "qber_x", "sifted_gain_signal", "sifted_gain_decoy",
-                    "sifted_gain_vacuum"):  # fmt: skip
+        for key in ("qber", "f", "qber_x", "qber_unknown", "sifted_gain_signal",
+                    "sifted_gain_decoy", "sifted_gain_vacuum"):  # fmt: skip
             if key in st.last_block:
                 payload[key] = st.last_block[key]
         self.pub.publish(topic("qfs", "telemetry", self.cfg.node, "link"), payload)
@@ -610,7 +613,9 @@ class PostProcess:
         blocks, bits, pending = self._store_fill()
         return {"paused": self.paused, "holding": self.holding, "block_bits": self.block_bits,
                 "peer_connected": self.channel.connected, "keystore_blocks": blocks,
-                "keystore_bits": bits, "pending_blocks": pending}  # fmt: skip
+                "keystore_bits": bits, "pending_blocks": pending,
+                "blocks_in_flight": len(self.blocks),
+                "frames_in_flight": len(self.announced)}  # fmt: skip
 
     def _watchdog(self) -> None:
         """Bob: a frame or block that makes no progress is dropped on both sides (a reset)."""
