@@ -61,16 +61,29 @@ def z_counts(payload: dict[str, Any]) -> tuple[int, int] | None:
 
 
 _ABORT_REASON = re.compile(r"\bQBER(?:_[XZ])? ([0-9.]+) (?:above|>) ")
+_UNKNOWN_REASON = re.compile(r"\bQBER(?:_[XZ])? unknown\b")
 
 
 def aborted_block_qber(payload: dict[str, Any]) -> float | None:
-    """The QBER of a block the pipeline failed for exceeding its abort threshold (its telemetry
-    then carries only ``status: failed`` and ``reason: "QBER_Z 0.1300 above 0.11"``)."""
+    """The QBER to judge a finished block by when its telemetry carries no number: the QBER of a
+    block the pipeline failed for exceeding its abort threshold (``status: failed``, ``reason:
+    "QBER_Z 0.1300 above 0.11"``), or ``inf`` for a block whose QBER is unknown because the link
+    was too noisy to measure it: ``qber: null`` with ``qber_unknown`` (no LDPC frame decoded,
+    docs/telemetry.md) or a ``QBER_Z unknown`` failure. Unknown is never passing: ``inf`` is
+    above every threshold. None: the block says nothing about the QBER (e.g. a reset)."""
+    if payload.get("qber") is None and isinstance(payload.get("qber_unknown"), str):
+        return math.inf
     reason = payload.get("reason")
     if payload.get("status") != "failed" or not isinstance(reason, str):
         return None
+    if _UNKNOWN_REASON.search(reason):
+        return math.inf
     match = _ABORT_REASON.search(reason)  # also behind a prefix such as 'peer: '
     return float(match.group(1)) if match else None
+
+
+def _qber_text(qber: float) -> str:
+    return f"{qber:.4f}" if math.isfinite(qber) else "unknown (no decoded frame)"
 
 
 class QberLoop:
@@ -94,13 +107,13 @@ class QberLoop:
         self._window: tuple[int, int] | None = None  # (test bits, errors) at the window start
 
     async def on_block(self, qber: float) -> None:
-        """One finished block's QBER."""
+        """One finished block's QBER (``inf``: unknown, counted as above the threshold)."""
         cfg = self._config()
         if not cfg.enabled:
             return
         if self.state.paused_by_loop and self.mode == "hold":
             return  # in flight when the hold came: measured before it, decides nothing
-        if qber <= cfg.qber_threshold:
+        if qber <= cfg.qber_threshold:  # False for inf (unknown) and NaN: never passing
             self.high_blocks = 0
             if self.probation or self.state.paused_by_loop or self.state.alarms["qber_high"].active:
                 await self._resume(f"block QBER {qber:.4f} under threshold")
@@ -110,7 +123,9 @@ class QberLoop:
             self.high_blocks >= cfg.qber_blocks and not self.state.paused_by_loop
         ):
             self.probation = False
-            message = f"QBER {qber:.4f} above {cfg.qber_threshold} for {self.high_blocks} blocks"
+            message = (
+                f"QBER {_qber_text(qber)} above {cfg.qber_threshold} for {self.high_blocks} blocks"
+            )
             await self._stop_production(message)
 
     async def _stop_production(self, message: str) -> None:

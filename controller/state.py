@@ -9,6 +9,7 @@ key material.
 
 from __future__ import annotations
 
+import math
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -25,6 +26,11 @@ ALIASES: dict[str, tuple[str, ...]] = {
     "f": ("f", "efficiency"),
     "fer": ("fer", "frame_error_rate"),
 }
+
+
+def _number(value: Any) -> bool:
+    """A finite int or float, not a bool (NaN and infinity are not measurements)."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def node_uuid(name: str) -> str:
@@ -104,15 +110,28 @@ class NodeState:
         return True
 
     def absorb(self, obj: str, payload: dict[str, Any]) -> None:
-        """Fold one telemetry payload into the latest values (unknown fields are ignored)."""
+        """Fold one telemetry payload into the latest values (unknown fields are ignored).
+
+        A field sent as null is an explicit *unknown* (e.g. a block's ``qber`` when no LDPC frame
+        decoded, docs/telemetry.md): the value is dropped, not kept from an earlier message, so
+        the state tree and Prometheus omit it instead of showing a stale or placeholder number.
+        For the canonical names the first alias the payload carries decides."""
         for canonical, names in ALIASES.items():
             for name in names:
-                value = payload.get(name)
-                if isinstance(value, int | float) and not isinstance(value, bool):
+                if name not in payload:
+                    continue
+                value = payload[name]
+                if value is None:
+                    self.metrics.pop(canonical, None)
+                elif _number(value):
                     self.metrics[canonical] = float(value)
-                    break
+                else:
+                    continue  # not a value (a string, NaN): try the next alias
+                break
         for name, value in payload.items():
-            if isinstance(value, int | float) and not isinstance(value, bool):
+            if value is None:
+                self.metrics.pop(f"{obj}.{name}", None)
+            elif _number(value):
                 self.metrics[f"{obj}.{name}"] = float(value)
         if obj.startswith("instrument") or "instrument" in payload:
             inst = str(payload.get("instrument") or obj.split("/")[-1] or "instrument")

@@ -309,6 +309,7 @@ class Link:
         self.latest: dict[str, dict[str, dict]] = {"alice": {}, "bob": {}}
         self.subs: dict[str, Subscriber] = {}
         self.t0 = time.monotonic()
+        self.t_end: float | None = None  # when the run ended (settle paused the nodes)
 
     def _start_world(self) -> Path:
         cmd = [sys.executable, "-m", "qnode", "sim", "serve", "--json", "--seed",
@@ -404,18 +405,36 @@ class Link:
             return True
         return self.opts.duration_s is not None and elapsed >= self.opts.duration_s
 
-    def settle(self, timeout_s: float = 15.0) -> None:
-        """Pause both nodes, then wait until Bob has no pending block and the stores agree."""
+    def settle(self, timeout_s: float = 15.0) -> bool:
+        """Pause both nodes (the run ends here: ``duration_s``), then wait until Bob's
+        post-processing has no frame or block in flight (a block closed from frames sifted
+        before the pause may still be reconciling: it would commit after a summary read now),
+        Bob has no pending block and the stores agree. False if that did not happen in time."""
+        if self.t_end is None:
+            self.t_end = time.monotonic()
         for role in ("bob", "alice"):
             if role in self.ready:
                 node_command(self.ready[role]["command"], "pause")
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            a = store_summary(self.workdir / "alice-keys.db")
-            b = store_summary(self.workdir / "bob-keys.db")
-            if not b.get("pending_blocks") and a["block_ids"] == b["block_ids"]:
-                return
+            if self._bob_idle():
+                a = store_summary(self.workdir / "alice-keys.db")
+                b = store_summary(self.workdir / "bob-keys.db")
+                if not b.get("pending_blocks") and a["block_ids"] == b["block_ids"]:
+                    return True
             time.sleep(0.2)
+        return False
+
+    def _bob_idle(self) -> bool:
+        """Bob (he leads blocks and commits) has nothing in flight; a node that does not answer
+        (stopped or killed) has nothing in flight either."""
+        if "bob" not in self.ready:
+            return True
+        reply = node_command(self.ready["bob"]["command"], "state", timeout_ms=2000)
+        if not reply.get("ok"):
+            return True
+        pp = (reply.get("result") or {}).get("postprocess") or {}
+        return not pp.get("blocks_in_flight") and not pp.get("frames_in_flight")
 
     def stop(self) -> None:
         """Nodes first (Bob, then Alice), the world last, so no driver loses its instrument."""
@@ -434,7 +453,9 @@ class Link:
                 proc.wait()
 
     def result(self) -> dict[str, Any]:
-        duration = time.monotonic() - self.t0
+        """The run's figures; the key figures are read from the stores now (``qnode link``
+        calls this after :meth:`stop`, so they are exactly what the stores keep)."""
+        duration = (self.t_end or time.monotonic()) - self.t0
         sides = {r: store_summary(self.workdir / f"{r}-keys.db") for r in ("alice", "bob")}
         bob_link = self.link_payload("bob")
         qber = bob_link.get("qber")
@@ -455,6 +476,8 @@ class Link:
             "block_bits": self.opts.block_bits,
             "workdir": str(self.workdir),
         })  # fmt: skip
+        if qber is None and bob_link.get("qber_unknown"):
+            out["qber_unknown"] = bob_link["qber_unknown"]  # the last block decoded no frame
         out["keys_match"] = bool(
             out["alice"]["key_blocks"] > 0
             and out["same_blocks"]

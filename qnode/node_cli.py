@@ -81,6 +81,8 @@ def _live_table(link: Any) -> Any:
             payload = link.latest[role].get(f"qfs/telemetry/{role}/{obj}/", {})
             if isinstance(key, tuple):
                 cells.append(" / ".join(_fmt(payload.get(k)) for k in key))
+            elif key in ("qber", "f") and payload.get(key) is None and payload.get("qber_unknown"):
+                cells.append("unknown")  # the last block decoded no frame (docs/telemetry.md)
             else:
                 cells.append(_fmt(payload.get(key)))
         table.add_row(label, *cells)
@@ -104,7 +106,9 @@ def _summary_table(result: dict[str, Any]) -> Any:
         a, b = result["alice"][key], result["bob"][key]
         table.add_row(key, _fmt(a)[:16], _fmt(b)[:16])
     for key in ("qber", "f", "sifted_mbps", "skr_mbps", "duration_s", "keys_match"):
-        table.add_row(key, _fmt(result.get(key)), "")
+        value = result.get(key)
+        unknown = key in ("qber", "f") and value is None and result.get("qber_unknown")
+        table.add_row(key, f"unknown ({result['qber_unknown']})" if unknown else _fmt(value), "")
     return table
 
 
@@ -197,11 +201,13 @@ def link_command(
                     live.update(_live_table(link))
         link.settle()
         link.poll(0.2)
+        link.stop()  # the figures are those of the stores once both nodes have stopped
         result = link.result()
     except (LinkError, TimeoutError) as exc:
         console.print(f"qnode link: {exc} (logs in {link.workdir})")
     except KeyboardInterrupt:
         link.settle(5)
+        link.stop()
         result = link.result()
     finally:
         link.stop()

@@ -158,6 +158,35 @@ def test_z_counts_and_abort_reasons():
     assert aborted_block_qber({"status": "failed", "reason": "start: bad frames"}) is None
     assert aborted_block_qber({"status": "failed", "reason": "peer: QBER 0.2 > 0.11"}) == 0.2
     assert aborted_block_qber({"status": "no_key", "reason": "QBER_Z 0.2 above 0.11"}) is None
+    # an unknown QBER (no LDPC frame decoded) is never passing: judged as infinite
+    unknown = {"status": "no_key", "qber": None, "qber_unknown": "no LDPC frame decoded"}
+    assert aborted_block_qber(unknown) == float("inf")
+    assert aborted_block_qber({"status": "failed", "reason": "QBER_Z unknown: no test"}) == float(
+        "inf"
+    )
+    assert aborted_block_qber({"status": "failed", "reason": "reset: peer lost"}) is None
+
+
+def test_blocks_without_a_decoded_frame_count_as_high(node):
+    """A block whose QBER is unknown (docs/telemetry.md: ``qber`` null, ``qber_unknown``) fails
+    the loop like a block over the threshold, and never resets the count of high blocks."""
+    ctl, pub, node_cmd = node
+    state = ctl.controller.state
+    unknown = {
+        "status": "no_key",
+        "qber": None,
+        "qber_x": None,
+        "f": None,
+        "qber_unknown": "no LDPC frame decoded",
+        "reason": "no LDPC frame decoded",
+    }
+    pub.publish("qfs/telemetry/bob/link/", {"qber": 0.01})  # a known value, replaced below
+    wait_for(lambda: state.metrics.get("qber") == 0.01, 60, what="link qber")
+    for i in range(2):
+        pub.publish("qfs/telemetry/bob/block/", {"block": i, **unknown})
+    wait_for(lambda: "hold" in node_cmd.commands(), 60, what="hold after two unknown blocks")
+    assert "unknown" in state.alarms["qber_high"].message
+    assert "qber" not in state.metrics  # unknown, not a placeholder number
 
 
 def test_a_hold_from_before_a_controller_restart_is_taken_over_and_released(node, monkeypatch):
