@@ -8,15 +8,18 @@ basis choice, per-detector efficiency, misalignment, dark counts and Raman noise
 afterpulses, non-paralysable dead time per detector and Gaussian timing jitter. A double click is
 reported as two detections (Bob's HAL assigns the random bit).
 
-How it stays fast (aim: 1e10 pulses/s per core at ~1e-3 clicks per pulse): slots are grouped in
-fixed blocks of 2^16. In each block (numba ``prange`` over blocks) candidate slots are drawn with
-geometric gaps (ziggurat exponential, ``sim_hw.variates``) at the largest per-slot click
-probability ``p_max`` over all (class, Alice basis, bit, Bob basis) and thinned to the slot's own
-probability, so work scales with the number of clicks, not pulses. A sequential pass then applies afterpulses and dead time in slot order. Every random
-draw comes from a counter-based generator keyed by (seed, block) or (seed, slot, detector), so
-output depends only on the seed, the parameters in force and the slots asked for: contiguous
-calls give the same detections however the range is split, and a rerun with the same seed and
-the same calls is identical.
+How it stays fast (work scales with the clicks, not the pulses): one sequential kernel walks
+the slots, with dead time applied as clicks are drawn. Candidate slots come with geometric gaps
+(ziggurat exponential, ``sim_hw.variates``) at ``p(L)``, the largest per-slot probability that
+a detector of the live set ``L`` clicks, and are thinned to the slot's own probability; when
+``L`` changes (a click, a dead time ending) the gap restarts there, which is exact for
+independent per-slot trials. Clicks a dead detector would have made are never drawn (at 1 GHz
+over 10 km with the snspd preset, half of all primary clicks). Each click is stamped and
+inserted in time order in the same pass. Every random draw comes from a counter-based
+splitmix64 stream whose position is part of the carried state (with dead time and pending
+afterpulses), or is keyed by (seed, slot, detector), so output depends only on the seed, the
+parameters in force and the calls made: contiguous calls give the same detections however the
+range is split, and a rerun with the same seed and the same calls is identical.
 
 Note: numba's on-disk cache is keyed on this file only; after editing ``sim_hw/symbols.py`` or
 ``sim_hw/variates.py`` (inlined here) delete ``sim_hw/__pycache__/physics.*.nb[ic]``.
@@ -28,7 +31,7 @@ import math
 from typing import NamedTuple
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 from qnode import linkmodel as lm
 from sim_hw.symbols import mix64, slot_word, subkeys, symbol_of_word, thresholds
@@ -44,11 +47,11 @@ from sim_hw.variates import (
 )
 from sim_hw.variates import uniform53 as _uniform53
 
-BLOCK_SLOTS = 1 << 16
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _INV32 = 1.0 / 4294967296.0
 _NO_SLOT = np.int64(2**62)
-_MAX_CHUNK_ENTRIES = 1 << 20  # bounds the candidate buffers of one parallel pass
+_MAX_GAP = 1e18  # a geometric gap beyond this: no candidate ever (the rate is ~0)
+_MAX_SHIFT = 64  # a click inserted further back than this: the output is sorted at the end
 # Index of the lowest set bit of a 4-bit detector mask.
 _LOWEST_BIT = np.array([0, 0, 1, 0, 2, 0, 1, 0, 3, 0, 1, 0, 2, 0, 1, 0], dtype=np.int64)
 
@@ -59,53 +62,6 @@ class Detections(NamedTuple):
     slot: np.ndarray  # int64
     channel: np.ndarray  # uint8
     time_ps: np.ndarray  # int64: slot * period_ps + delay_ps + jitter
-
-
-@njit(cache=True, parallel=True, nogil=True)
-def _candidates(
-    first_block, n_blocks, first_slot, end_slot, block_key, sym_ka, sym_kb, t_z, t_s, t_sd,
-    p_bob_z, p_max, accept, split1, split2, zig_w, zig_k, zig_f, out_slot, out_mask, counts,
-):  # fmt: skip
-    """Per block: primary clicks (slot, detector mask) by geometric gaps + thinning.
-
-    Tables are indexed by ``symbol * 2 + bob_basis`` (24 configurations): ``accept`` = the
-    configuration's P(any click) / p_max, ``split1``/``split2`` the conditional probabilities
-    that only the bit-0 detector / at most one detector clicked. The hot loop is branch-free
-    apart from the loop exit (random branches would mispredict).
-    """
-    cap = out_slot.shape[1]
-    inv_rate = -1.0 / math.log1p(-p_max) if p_max < 1.0 else 0.0  # gap = floor(Exp(1)/rate)
-    for j in prange(n_blocks):
-        block = np.uint64(first_block + j)
-        start = (first_block + j) * BLOCK_SLOTS
-        stop = min(start + BLOCK_SLOTS, end_slot)
-        state = mix64(block_key ^ (block * _GOLDEN))
-        pos = start - 1
-        n = 0
-        while True:
-            e, state = standard_exponential(state, zig_w, zig_k, zig_f)
-            pos += 1 + int(min(e * inv_rate, 2.0 * BLOCK_SLOTS))  # clamp: tiny p_max
-            if pos >= stop:
-                break
-            state += _GOLDEN
-            r_accept = mix64(state)
-            state += _GOLDEN
-            r_pattern = mix64(state)
-            if pos < first_slot:
-                continue
-            sym = symbol_of_word(slot_word(np.uint64(pos), sym_ka, sym_kb), t_z, t_s, t_sd)
-            b_basis = np.int64((r_accept >> np.uint64(32)) * _INV32 >= p_bob_z)
-            idx = np.int64(sym) * 2 + b_basis
-            ok = np.int64((r_accept & np.uint64(0xFFFFFFFF)) * _INV32 < accept[idx])
-            u = _uniform53(r_pattern)
-            mask = 1 + np.int64(u >= split1[idx]) + np.int64(u >= split2[idx])
-            if n >= cap:
-                n = -1
-                break
-            out_slot[j, n] = pos
-            out_mask[j, n] = np.uint8(mask << (2 * b_basis))
-            n += ok
-        counts[j] = n
 
 
 @njit(cache=True, nogil=True)
@@ -141,81 +97,150 @@ def _heap_pop(heap, size):
     return top, size
 
 
+@njit(cache=True, inline="always")
+def _live_mask(dead_until, x):
+    """Detectors that can click in slot ``x`` (bit d: detector d is past its dead time)."""
+    mask = 0
+    for d in range(4):
+        mask |= np.int64(x > dead_until[d]) << d
+    return mask
+
+
+@njit(cache=True, inline="always")
+def _next_revival(dead_until, x):
+    """The first slot after ``x`` in which a detector dead at ``x`` can click again."""
+    rev = _NO_SLOT
+    for d in range(4):  # branch-free: which detectors are dead is random
+        v = dead_until[d] + 1
+        rev = min(rev, v if v > x else _NO_SLOT)
+    return rev
+
+
+@njit(cache=True, inline="always")
+def _draw(pos, inv_rate, state, zig_w, zig_k, zig_f):
+    """The next candidate slot after ``pos`` for per-slot probability ``p`` (``inv_rate`` =
+    -1/log(1-p), < 0 for p = 0): ``pos + 1 + floor(E / -log(1-p))`` is geometric."""
+    if inv_rate < 0.0:
+        return _NO_SLOT, state
+    e, state = standard_exponential(state, zig_w, zig_k, zig_f)
+    gap = e * inv_rate
+    if gap >= _MAX_GAP:
+        return _NO_SLOT, state
+    return pos + 1 + np.int64(gap), state
+
+
 @njit(cache=True, nogil=True)
-def _detector_pass(
-    cand_slot, cand_mask, counts, first_slot, end_slot, dead_until, heap, heap_size,
-    n_dead, p_ap, ap_window, ap_ka, ap_kb, out_slot, out_chan, n_out,
+def _simulate_kernel(
+    end_slot, st, rng, dead_until, heap, heap_size, sym_ka, sym_kb, t_z, t_s, t_sd,
+    inv_rate, acc0, acc, split1, split2, n_dead, p_ap, ap_window, ap_ka, ap_kb,
+    jit_ka, jit_kb, jitter_ps, period_int, period_frac, delay_ps,
+    zig_w, zig_k, zig_f, nzig_w, nzig_k, nzig_f, out_slot, out_chan, out_time, n_out,
 ):  # fmt: skip
-    """Slot-ordered pass: merge pending afterpulses, apply dead time, spawn afterpulses;
-    writes from ``out_*[n_out]`` on and returns the new end and the heap size."""
-    # Afterpulses scheduled before this range belong to slots never simulated: drop them.
-    while heap_size > 0 and heap[0] >> 2 < first_slot:
+    """Bob's clicks up to ``end_slot``, in slot order, dead time applied as they are drawn.
+
+    Loop state (resumable, so any split of a range gives the same clicks): ``st = [pos,
+    cand]``, the candidate slot ``cand`` drawn after ``pos`` at the rate of the detectors live
+    in slot ``pos + 1``; ``rng[0]`` the splitmix64 state. Candidates are Bernoulli trials per
+    slot at ``p(L)``, the largest probability over the 12 symbols that a detector of the live
+    set ``L`` clicks; a candidate is accepted with the slot's own probability over ``p(L)``
+    (table ``acc``, ``acc0`` for Bob's Z basis) and gets its pattern on the live detectors of
+    the chosen basis (``split1``/``split2``). When ``L`` changes (a click, a detector's dead
+    time ends) the pending candidate is drawn again from there: the trials are independent,
+    so restarting the geometric gap at any slot is exact. Clicks swallowed by dead time are
+    never drawn. Pending afterpulses (heap of ``slot * 4 + detector``) click if the detector
+    is live. Each click is stamped ``slot * period + delay + round(N(0, jitter))`` (jitter keyed
+    by (slot, detector)) and inserted in time order.
+
+    Returns ``(n_out, heap_size, full, unsorted)``: ``full`` when the output arrays ran out
+    of room (grow them and call again), ``unsorted`` when a click landed more than
+    ``_MAX_SHIFT`` places before its slot order (sort the output by time).
+    """
+    pos = st[0]
+    cand = st[1]
+    state = rng[0]
+    cap = out_slot.size
+    full = False
+    unsorted = False
+    live = _live_mask(dead_until, pos + 1)
+    rev = _next_revival(dead_until, pos + 1)
+    while heap_size > 0 and heap[0] >> 2 <= pos:  # afterpulses of skipped slots: dropped
         _, heap_size = _heap_pop(heap, heap_size)
-    blk = 0
-    i = 0
-    n_blocks = counts.size
+    if cand <= pos:  # a fresh start, a skip or new parameters: draw from here
+        cand, state = _draw(pos, inv_rate[live], state, zig_w, zig_k, zig_f)
+    top = heap[0] >> 2 if heap_size > 0 else _NO_SLOT
     while True:
-        while blk < n_blocks and i >= counts[blk]:
-            blk += 1
-            i = 0
-        next_c = cand_slot[blk, i] if blk < n_blocks else _NO_SLOT
-        next_a = heap[0] >> 2 if heap_size > 0 else _NO_SLOT
-        s = min(next_c, next_a)
+        if rev <= cand and rev <= top:  # a detector's dead time ends: new rate from there
+            if rev >= end_slot:
+                break
+            pos = rev - 1
+            live = _live_mask(dead_until, rev)
+            rev = _next_revival(dead_until, rev)
+            cand, state = _draw(pos, inv_rate[live], state, zig_w, zig_k, zig_f)
+            continue
+        s = min(cand, top)
         if s >= end_slot:
             break
+        if n_out + 4 > cap:
+            full = True
+            break
         prim = 0
-        if next_c == s:
-            prim = np.int64(cand_mask[blk, i])
-            i += 1
+        consumed = cand == s
+        if consumed:
+            sym = symbol_of_word(slot_word(np.uint64(s), sym_ka, sym_kb), t_z, t_s, t_sd)
+            i = live * 12 + np.int64(sym)
+            state += _GOLDEN
+            u = _uniform53(mix64(state))
+            if u < acc[i]:
+                b = np.int64(u >= acc0[i])
+                state += _GOLDEN
+                v = _uniform53(mix64(state))
+                j = 2 * i + b
+                prim = (1 + np.int64(v >= split1[j]) + np.int64(v >= split2[j])) << (2 * b)
         mask = prim
         while heap_size > 0 and heap[0] >> 2 == s:
-            top, heap_size = _heap_pop(heap, heap_size)
-            mask |= 1 << (top & 3)
-        while mask:  # set bits in order; usually one (a branch per bit would mispredict)
+            entry, heap_size = _heap_pop(heap, heap_size)
+            mask |= 1 << (entry & 3)
+        clicked = 0
+        while mask:  # set bits in order; usually one
             d = _LOWEST_BIT[mask]
             mask &= mask - 1
-            if s <= dead_until[d]:
+            if s <= dead_until[d]:  # an afterpulse on a dead detector
                 continue
             dead_until[d] = s + n_dead
+            clicked |= 1 << d
             if p_ap > 0.0 and (prim >> d) & 1:
                 r = slot_word(np.uint64(s * 4 + d), ap_ka, ap_kb)
                 if (r >> np.uint64(32)) * _INV32 < p_ap:
                     delay = n_dead + 1 + int((r & np.uint64(0xFFFFFFFF)) * _INV32 * ap_window)
                     heap_size = _heap_push(heap, heap_size, (s + delay) * 4 + d)
-            out_slot[n_out] = s
-            out_chan[n_out] = d + 1
-            n_out += 1
-    return n_out, heap_size
-
-
-@njit(cache=True, parallel=True, nogil=True)
-def _stamp_times(
-    slots, chans, jit_ka, jit_kb, jitter_ps, zig_w, zig_k, zig_f, period_int, period_frac,
-    delay_ps, out,
-):  # fmt: skip
-    """``slot * period + delay + round(N(0, jitter))``; the jitter is keyed by (slot, detector).
-    Returns whether the times came out in order."""
-    n = slots.size
-    n_chunks = (n + 65535) >> 16
-    disorder = np.zeros(max(n_chunks, 1), dtype=np.int64)
-    for c in prange(n_chunks):
-        lo = c << 16
-        hi = min(n, lo + 65536)
-        for i in range(lo, hi):
-            s = slots[i]
             t = s * period_int + delay_ps + int(math.floor(s * period_frac + 0.5))
             if jitter_ps > 0.0:
-                r = slot_word(np.uint64(s * 4 + chans[i] - 1), jit_ka, jit_kb)
-                g, _ = standard_normal(r, zig_w, zig_k, zig_f)
+                r = slot_word(np.uint64(s * 4 + d), jit_ka, jit_kb)
+                g, _ = standard_normal(r, nzig_w, nzig_k, nzig_f)
                 t += int(math.floor(jitter_ps * g + 0.5))
-            out[i] = t
-        for i in range(max(lo, 1), hi):
-            disorder[c] += out[i] < out[i - 1]
-    # Chunk boundaries: compare the first of each chunk with the last of the previous.
-    bad = disorder.sum()
-    for c in range(1, n_chunks):
-        bad += out[c << 16] < out[(c << 16) - 1]
-    return bad == 0
+            k = n_out
+            while k > 0 and out_time[k - 1] > t and n_out - k < _MAX_SHIFT:
+                out_time[k] = out_time[k - 1]
+                out_slot[k] = out_slot[k - 1]
+                out_chan[k] = out_chan[k - 1]
+                k -= 1
+            if k > 0 and out_time[k - 1] > t:
+                unsorted = True
+            out_time[k] = t
+            out_slot[k] = s
+            out_chan[k] = d + 1
+            n_out += 1
+        top = heap[0] >> 2 if heap_size > 0 else _NO_SLOT
+        if consumed or clicked:  # new rate (or the candidate used): draw from here
+            if n_dead > 0:
+                live &= ~clicked
+                rev = min(rev, s + n_dead + 1)
+            pos = s
+            cand, state = _draw(pos, inv_rate[live], state, zig_w, zig_k, zig_f)
+    st[0] = pos
+    st[1] = cand
+    rng[0] = state
+    return n_out, heap_size, full, unsorted
 
 
 class SimState(NamedTuple):
@@ -224,6 +249,10 @@ class SimState(NamedTuple):
     next_slot: int
     dead_until: np.ndarray  # int64 (4,): last dead slot per detector
     heap: np.ndarray  # int64: pending afterpulses, (slot * 4 + detector), heap-ordered
+    rng: int = 0  # the click stream's splitmix64 state ...
+    pos: int = -1  # ... and its pending candidate slot ``cand``, drawn after ``pos`` ...
+    cand: int = -1
+    table: int = -1  # ... with the rate table of this generation (else drawn again)
 
 
 def _stream_keys(seed: int, tag: int) -> tuple[np.uint64, np.uint64]:
@@ -244,7 +273,8 @@ class LinkSimulator:
         if not isinstance(seed, int | np.integer) or not 0 <= int(seed) < 2**64:
             raise ValueError(f"seed must be an integer in [0, 2^64) (got {seed!r})")
         self._seed = int(seed)
-        self._block_key = _stream_keys(self._seed, 1)[0]
+        self._rng_key = _stream_keys(self._seed, 1)[0]
+        self._table_id = 0
         self._ap_keys = _stream_keys(self._seed, 2)
         self._jit_keys = _stream_keys(self._seed, 3)
         self._light_on = True
@@ -273,9 +303,15 @@ class LinkSimulator:
         self._build_table()
 
     def _build_table(self) -> None:
-        """Per configuration (symbol byte * 2 + Bob's basis) the two gated detectors' primary
-        click probabilities, from ``qnode.linkmodel`` so the model and the sampler agree."""
-        c = np.zeros((24, 2))
+        """Sampling tables per live-detector set ``L`` (bit d: detector d can click) and symbol,
+        from ``qnode.linkmodel``'s primary click probabilities so the model and the sampler
+        agree: per slot, Bob's basis b (Z with ``p_bob_z``) gates detectors 2b, 2b+1, which
+        click independently; only clicks of live detectors are drawn (a dead one's would be
+        swallowed). ``inv_rate[L]`` for the candidate rate ``p(L)`` = the largest P(a live
+        detector clicks) over the symbols; ``acc0``/``acc`` the cumulative P(click in Z), P(any
+        click) over ``p(L)``; per basis, ``split1``/``split2`` the conditional probabilities that
+        only the bit-0 detector / at most one detector of the live pair clicked."""
+        c = np.zeros((12, 2, 2))  # symbol, Bob's basis, bit: the detector's click probability
         for sym in range(12):
             a_basis, a_bit, cls = sym & 1, (sym >> 1) & 1, sym >> 2
             for b in (0, 1):
@@ -283,14 +319,26 @@ class LinkSimulator:
                     probs = lm.click_probs(self._params, cls, a_basis, a_bit, b)
                 else:
                     probs = lm.dark_click_probs(self._params, b)
-                c[2 * sym + b] = probs[2 * b], probs[2 * b + 1]
-        c0, c1 = c[:, 0], c[:, 1]
-        p_any = 1.0 - (1.0 - c0) * (1.0 - c1)
-        self._p_max = float(p_any.max())
-        safe = np.where(p_any > 0, p_any, 1.0)
-        self._accept = p_any / self._p_max if self._p_max > 0 else np.zeros(24)
-        self._split1 = c0 * (1.0 - c1) / safe
-        self._split2 = (c0 * (1.0 - c1) + c1 * (1.0 - c0)) / safe
+                c[sym, b] = probs[2 * b], probs[2 * b + 1]
+        p_b = np.array([self._params.p_bob_z, 1.0 - self._params.p_bob_z])
+        live = (np.arange(16)[:, None] >> np.arange(4)[None, :]) & 1  # (L, detector)
+        gate = live.reshape(16, 1, 2, 2) * c[None]  # (L, symbol, basis, bit): live clicks
+        c0, c1 = gate[..., 0], gate[..., 1]
+        p_pair = 1.0 - (1.0 - c0) * (1.0 - c1)  # P(a live detector of the pair clicks)
+        q = p_b[None, None, :] * p_pair  # (L, symbol, basis)
+        total = q.sum(axis=2)
+        rate = total.max(axis=1)  # (L,)
+        self._p_max = float(rate.max())
+        safe_rate = np.where(rate > 0, rate, 1.0)[:, None]
+        self._acc0 = (q[..., 0] / safe_rate).ravel()
+        self._acc = (total / safe_rate).ravel()
+        with np.errstate(divide="ignore"):
+            inv = -1.0 / np.log1p(-np.minimum(rate, 1.0))
+        self._inv_rate = np.where(rate > 0, inv, -1.0)  # p = 1: 0 (every slot); p = 0: never
+        safe = np.where(p_pair > 0, p_pair, 1.0)
+        self._split1 = (c0 * (1.0 - c1) / safe).ravel()
+        self._split2 = ((c0 * (1.0 - c1) + c1 * (1.0 - c0)) / safe).ravel()
+        self._table_id += 1
 
     def set_key(self, key: int) -> None:
         """Change the symbol generator key (the source's ``:SOUR:RAND:KEY``)."""
@@ -315,16 +363,21 @@ class LinkSimulator:
         self._heap_size = 0
         self._ensure_heap_capacity()
         self._next_slot = 0
-        self._buffers: dict[str, np.ndarray] = {}
+        self._rng = np.array([self._rng_key], dtype=np.uint64)
+        self._loop = np.array([-1, -1], dtype=np.int64)  # pos, cand (see _simulate_kernel)
+        self._drawn_with = -1  # table generation the pending candidate was drawn with
 
     def snapshot(self) -> SimState:
-        """The detector state carried between calls (dead time, pending afterpulses, next slot).
+        """The state carried between calls (dead time, pending afterpulses, next slot, the
+        click stream's position).
 
         ``restore`` of it makes the next call continue from exactly this point, so a caller can
         simulate ahead and later rewind (e.g. the world's read-ahead after a settings change).
         """
         size = self._heap_size
-        return SimState(self._next_slot, self._dead_until.copy(), self._heap[:size].copy())
+        pos, cand = (int(v) for v in self._loop)
+        return SimState(self._next_slot, self._dead_until.copy(), self._heap[:size].copy(),
+                        int(self._rng[0]), pos, cand, self._drawn_with)  # fmt: skip
 
     def restore(self, state: SimState | None) -> None:
         """Continue from ``state`` (None: a fresh run, as after ``reset``)."""
@@ -336,6 +389,9 @@ class LinkSimulator:
         self._heap_size = int(state.heap.size)
         self._ensure_heap_capacity()
         self._heap[: self._heap_size] = state.heap
+        self._rng = np.array([state.rng], dtype=np.uint64)
+        self._loop = np.array([state.pos, state.cand], dtype=np.int64)
+        self._drawn_with = int(state.table)
 
     @property
     def params(self) -> lm.LinkParams:
@@ -379,87 +435,45 @@ class LinkSimulator:
             raise ValueError(f"first_slot and n_slots must be >= 0 (got {first_slot}, {n_slots})")
         if first_slot < self._next_slot:
             self.reset()
+        if first_slot != self._next_slot or self._drawn_with != self._table_id:
+            # Slots skipped, or new rates: the pending candidate is drawn again from here.
+            self._loop[:] = first_slot - 1, -1
         end = first_slot + n_slots
         self._next_slot = end
+        self._drawn_with = self._table_id
         if n_slots == 0:
             return _empty()
-        first_block = first_slot // BLOCK_SLOTS
-        last_block = (end - 1) // BLOCK_SLOTS
-        cap = self._block_capacity()
-        blocks_per_chunk = max(1, _MAX_CHUNK_ENTRIES // cap)
-        # Output written in place and shrunk at the end (realloc): no copy, and pages beyond
-        # what is filled are never touched. Sized for ~2x the expected clicks; grows if needed.
-        size = (
-            int(2.0 * n_slots * self._p_max)
-            + 4 * min(blocks_per_chunk, 1 + n_slots // BLOCK_SLOTS) * cap
-            + 1024
+        # Output written in place and shrunk at the end (realloc): pages beyond what is
+        # filled are never touched. A detector clicks at most once per n_dead + 1 slots.
+        bound = 4 * (n_slots // (self._n_dead + 1) + 1) + self._heap_size
+        size = min(bound, int(2.0 * n_slots * self._p_max) + 1024) + 16
+        slot, chan, time_ps = (
+            np.empty(size, np.int64),
+            np.empty(size, np.uint8),
+            np.empty(size, np.int64),
         )
-        out = [np.empty(size, np.int64), np.empty(size, np.uint8)]
-        n_out = 0
-        b = first_block
-        while b <= last_block:
-            nb = min(blocks_per_chunk, last_block - b + 1)
-            lo = max(first_slot, b * BLOCK_SLOTS)
-            hi = min(end, (b + nb) * BLOCK_SLOTS)
-            n_out = self._run_chunk(b, nb, lo, hi, cap, out, n_out)
-            b += nb
-        slot, chan = out
-        slot.resize(n_out, refcheck=False)
-        chan.resize(n_out, refcheck=False)
-        time_ps = np.empty(n_out, dtype=np.int64)
+        n_out, unsorted = 0, False
         rx = self._params.receiver
-        in_order = _stamp_times(
-            slot, chan, *self._jit_keys, rx.jitter_ps, NZIG_W, NZIG_K, NZIG_F,
-            self._period_int, self._period_frac, self._delay_ps, time_ps,
-        )  # fmt: skip
-        if not in_order:  # jitter larger than the gap between neighbours
+        while True:
+            n_out, self._heap_size, full, late = _simulate_kernel(
+                end, self._loop, self._rng, self._dead_until, self._heap, self._heap_size,
+                *self._sym_keys, *self._thresholds, self._inv_rate, self._acc0, self._acc,
+                self._split1, self._split2, self._n_dead, rx.afterpulse_prob, self._ap_window,
+                *self._ap_keys, *self._jit_keys, rx.jitter_ps, self._period_int,
+                self._period_frac, self._delay_ps, ZIG_W, ZIG_K, ZIG_F, NZIG_W, NZIG_K, NZIG_F,
+                slot, chan, time_ps, n_out,
+            )  # fmt: skip
+            unsorted |= late
+            if not full:
+                break
+            for a in (slot, chan, time_ps):  # more clicks than sized for: grow and go on
+                a.resize(2 * a.size, refcheck=False)
+        for a in (slot, chan, time_ps):
+            a.resize(n_out, refcheck=False)
+        if unsorted:  # jitter far larger than the gap between neighbours
             order = np.argsort(time_ps, kind="stable")
             slot, chan, time_ps = slot[order], chan[order], time_ps[order]
         return Detections(slot, chan, time_ps)
-
-    def _block_capacity(self) -> int:
-        mean = BLOCK_SLOTS * self._p_max
-        return int(min(BLOCK_SLOTS, mean + 12.0 * math.sqrt(mean + 1.0) + 32))
-
-    def _scratch(self, name: str, shape, dtype) -> np.ndarray:
-        """A reused work buffer (fresh allocations cost page faults at these sizes)."""
-        buf = self._buffers.get(name)
-        if buf is None or buf.shape != shape:
-            buf = self._buffers[name] = np.empty(shape, dtype=dtype)
-        return buf
-
-    def _run_chunk(
-        self, first_block: int, n_blocks: int, lo: int, hi: int, cap: int, out: list, n_out: int
-    ) -> int:
-        """Candidates of ``n_blocks`` blocks, then the detector pass appending to ``out`` (slot,
-        channel arrays, grown in place when needed) at ``n_out``; returns the new count."""
-        while True:
-            cand_slot = self._scratch("cand_slot", (n_blocks, cap), np.int64)
-            cand_mask = self._scratch("cand_mask", (n_blocks, cap), np.uint8)
-            counts = self._scratch("counts", (n_blocks,), np.int64)
-            if self._p_max > 0.0:
-                _candidates(
-                    first_block, n_blocks, lo, hi, self._block_key, *self._sym_keys,
-                    *self._thresholds, self._params.p_bob_z, self._p_max, self._accept,
-                    self._split1, self._split2, ZIG_W, ZIG_K, ZIG_F, cand_slot, cand_mask, counts,
-                )  # fmt: skip
-            else:
-                counts[:] = 0
-            if counts.min() >= 0:
-                break
-            cap = min(BLOCK_SLOTS, 2 * cap)  # a block overflowed (very unlikely): redo, larger
-        need = n_out + 4 * int(counts.sum()) + self._heap_size + 16  # a hard bound
-        if need > out[0].size:
-            size = max(need, 2 * out[0].size)
-            out[0].resize(size, refcheck=False)
-            out[1].resize(size, refcheck=False)
-        rx = self._params.receiver
-        n_out, self._heap_size = _detector_pass(
-            cand_slot, cand_mask, counts, lo, hi, self._dead_until, self._heap, self._heap_size,
-            self._n_dead, rx.afterpulse_prob, self._ap_window, *self._ap_keys,
-            out[0], out[1], n_out,
-        )  # fmt: skip
-        return n_out
 
 
 def _empty() -> Detections:
