@@ -17,9 +17,9 @@ independent per-slot trials. Clicks a dead detector would have made are never dr
 over 10 km with the snspd preset, half of all primary clicks). Each click is stamped and
 inserted in time order in the same pass. Every random draw comes from a counter-based
 splitmix64 stream whose position is part of the carried state (with dead time and pending
-afterpulses), or is keyed by (seed, slot, detector), so output depends only on the seed, the
-parameters in force and the calls made: contiguous calls give the same detections however the
-range is split, and a rerun with the same seed and the same calls is identical.
+afterpulses), or for afterpulses is keyed by (seed, slot, detector), so output depends only on
+the seed, the parameters in force and the calls made: contiguous calls give the same detections
+however the range is split, and a rerun with the same seed and the same calls is identical.
 
 Note: numba's on-disk cache is keyed on this file only; after editing ``sim_hw/symbols.py`` or
 ``sim_hw/variates.py`` (inlined here) delete ``sim_hw/__pycache__/physics.*.nb[ic]``.
@@ -133,7 +133,7 @@ def _draw(pos, inv_rate, state, zig_w, zig_k, zig_f):
 def _simulate_kernel(
     end_slot, st, rng, dead_until, heap, heap_size, sym_ka, sym_kb, t_z, t_s, t_sd,
     inv_rate, acc0, acc, split1, split2, n_dead, p_ap, ap_window, ap_ka, ap_kb,
-    jit_ka, jit_kb, jitter_ps, period_int, period_frac, delay_ps,
+    jitter_ps, period_int, period_frac, delay_ps,
     zig_w, zig_k, zig_f, nzig_w, nzig_k, nzig_f, out_slot, out_chan, out_time, n_out,
 ):  # fmt: skip
     """Bob's clicks up to ``end_slot``, in slot order, dead time applied as they are drawn.
@@ -148,8 +148,8 @@ def _simulate_kernel(
     time ends) the pending candidate is drawn again from there: the trials are independent,
     so restarting the geometric gap at any slot is exact. Clicks swallowed by dead time are
     never drawn. Pending afterpulses (heap of ``slot * 4 + detector``) click if the detector
-    is live. Each click is stamped ``slot * period + delay + round(N(0, jitter))`` (jitter keyed
-    by (slot, detector)) and inserted in time order.
+    is live. Each click is stamped ``slot * period + delay + round(N(0, jitter))`` (jitter from
+    the stream) and inserted in time order.
 
     Returns ``(n_out, heap_size, full, unsorted)``: ``full`` when the output arrays ran out
     of room (grow them and call again), ``unsorted`` when a click landed more than
@@ -190,12 +190,12 @@ def _simulate_kernel(
             i = live * 12 + np.int64(sym)
             state += _GOLDEN
             u = _uniform53(mix64(state))
-            if u < acc[i]:
-                b = np.int64(u >= acc0[i])
-                state += _GOLDEN
-                v = _uniform53(mix64(state))
-                j = 2 * i + b
-                prim = (1 + np.int64(v >= split1[j]) + np.int64(v >= split2[j])) << (2 * b)
+            state += _GOLDEN
+            v = _uniform53(mix64(state))
+            b = np.int64(u >= acc0[i])
+            j = 2 * i + b
+            pair = (1 + np.int64(v >= split1[j]) + np.int64(v >= split2[j])) << (2 * b)
+            prim = pair if u < acc[i] else 0  # branch-free: acceptance is random
         mask = prim
         while heap_size > 0 and heap[0] >> 2 == s:
             entry, heap_size = _heap_pop(heap, heap_size)
@@ -215,8 +215,7 @@ def _simulate_kernel(
                     heap_size = _heap_push(heap, heap_size, (s + delay) * 4 + d)
             t = s * period_int + delay_ps + int(math.floor(s * period_frac + 0.5))
             if jitter_ps > 0.0:
-                r = slot_word(np.uint64(s * 4 + d), jit_ka, jit_kb)
-                g, _ = standard_normal(r, nzig_w, nzig_k, nzig_f)
+                g, state = standard_normal(state, nzig_w, nzig_k, nzig_f)
                 t += int(math.floor(jitter_ps * g + 0.5))
             k = n_out
             while k > 0 and out_time[k - 1] > t and n_out - k < _MAX_SHIFT:
@@ -276,7 +275,6 @@ class LinkSimulator:
         self._rng_key = _stream_keys(self._seed, 1)[0]
         self._table_id = 0
         self._ap_keys = _stream_keys(self._seed, 2)
-        self._jit_keys = _stream_keys(self._seed, 3)
         self._light_on = True
         self.set_key(key)
         self.update(params)
@@ -459,7 +457,7 @@ class LinkSimulator:
                 end, self._loop, self._rng, self._dead_until, self._heap, self._heap_size,
                 *self._sym_keys, *self._thresholds, self._inv_rate, self._acc0, self._acc,
                 self._split1, self._split2, self._n_dead, rx.afterpulse_prob, self._ap_window,
-                *self._ap_keys, *self._jit_keys, rx.jitter_ps, self._period_int,
+                *self._ap_keys, rx.jitter_ps, self._period_int,
                 self._period_frac, self._delay_ps, ZIG_W, ZIG_K, ZIG_F, NZIG_W, NZIG_K, NZIG_F,
                 slot, chan, time_ps, n_out,
             )  # fmt: skip

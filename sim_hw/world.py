@@ -31,7 +31,6 @@ import tempfile
 import threading
 import time
 
-import numba
 import numpy as np
 import zmq
 import zmq.asyncio
@@ -183,15 +182,7 @@ class World:
         """One chunk from the detector state at ``first`` (caller holds ``_sim_lock``)."""
         sim = self._sim
         sim.restore(state)
-        # One numba thread: the world shares the machine with both nodes' processes, and a
-        # parallel pass then waits for a worker thread to be scheduled (measured under load,
-        # snspd 10 km: 33-46 M slots/s on 2 threads, 104 M slots/s on 1).
-        threads = numba.get_num_threads()
-        numba.set_num_threads(1)
-        try:
-            det = sim.simulate(first, n)
-        finally:
-            numba.set_num_threads(threads)
+        det = sim.simulate(first, n)  # one sequential kernel (sim_hw.physics)
         rx = sim.params.receiver
         counts = np.bincount(det.channel, minlength=5)
         return Chunk(gen, first, n, det.channel, det.time_ps, counts, sim.snapshot(),
