@@ -425,10 +425,14 @@ class Subscriber:
         dec, stats, append = self._decoder, self.stats, out.append
         topics, prefixes, last_seq = dec.topics, dec.prefixes, stats.last_seq
         lazy, on_bad, floor = self.lazy_payload, self._on_bad, self._floor
-        for t0, t1, h1, p1, nframes, seq, ts_ns, fast in rows:
+        topic_text = known = None
+        for t0, t1, h1, p1, nframes, seq, ts_ns, fast, same in rows:
             if fast == 1:
-                topic_text = topics.get(data[t0:t1])
-                known = prefixes.get(data[t1 : h1 - 23])
+                # SAME bits: topic / header prefix as the previous message's (no look-up)
+                if not same & 1 or topic_text is None:
+                    topic_text = topics.get(data[t0:t1])
+                if not same & 2 or known is None:
+                    known = prefixes.get(data[t1 : h1 - 23])
                 if topic_text is not None and known is not None:
                     if lazy:
                         payload, raw, bad = None, data[h1:p1], on_bad
@@ -458,6 +462,7 @@ class Subscriber:
                     last_seq[key] = seq
                     append(msg)
                     continue
+            topic_text = known = None  # the next message looks its topic and prefix up
             if nframes != 3 or fast < 0:  # not three frames, or one over FRAME_LIMIT
                 stats.malformed += 1
                 continue

@@ -28,8 +28,8 @@ _RCVMORE = 13  # ZMQ_RCVMORE
 _DONTWAIT = 1  # ZMQ_DONTWAIT
 _EAGAIN = 11
 # Per message, columns of the kernel's int64 output (see _drain).
-T0, T1, H1, P1, NFRAMES, SEQ, TS, FAST = range(8)
-_COLS = 8
+T0, T1, H1, P1, NFRAMES, SEQ, TS, FAST, SAME = range(9)
+_COLS = 9
 _TS_KEY = np.frombuffer(b"\xa5ts_ns\xcf", np.uint8)
 _MAP_FIRST = np.zeros(256, np.bool_)
 _MAP_FIRST[[*range(0x80, 0x90), 0xDE, 0xDF]] = True
@@ -43,7 +43,9 @@ def _drain(recv, getsockopt, errno, handle, buf, meta, maxn, limit, ts_key, map_
     (= payload start), payload end, number of frames, seq, ts_ns, and FAST: 1 when it has
     exactly three frames, a header of our fixed layout whose seq and ts_ns fit in int64 and
     a payload that starts as a msgpack map; -1 when a frame was over ``limit`` (truncated);
-    else 0 (Python decodes it in full). Frames after the third
+    else 0 (Python decodes it in full); SAME: bit 1 when its topic, bit 2 when its header
+    up to the seq value equals the previous message's in this batch (Python then skips the
+    cache look-ups: a publisher's bursts are mostly one topic). Frames after the third
     are discarded (the message is malformed anyway). Stops at ``maxn``, when the queue is
     empty, or when fewer than three frames of ``limit`` bytes would fit in ``buf``.
     """
@@ -85,6 +87,7 @@ def _drain(recv, getsockopt, errno, handle, buf, meta, maxn, limit, ts_key, map_
         for i in range(nframes, 3):
             row[1 + i] = off
         row[FAST] = -1 if oversize else 0
+        row[SAME] = 0
         if nframes == 3 and not oversize:
             h0, h1, p1 = row[T1], row[H1], row[P1]
             if h1 - h0 > 23 and p1 > h1 and map_first[buf[h1]]:
@@ -101,8 +104,32 @@ def _drain(recv, getsockopt, errno, handle, buf, meta, maxn, limit, ts_key, map_
                     row[SEQ] = seq
                     row[TS] = ts
                     row[FAST] = 1
+                    if n > 0 and meta[n - 1, FAST] == 1:
+                        row[SAME] = _same(buf, meta[n - 1], row)
         n += 1
     return n, 0, off
+
+
+@njit(cache=True, nogil=True)
+def _same(buf: np.ndarray, prev: np.ndarray, row: np.ndarray) -> int:
+    """Bit 1: same topic bytes as ``prev``; bit 2: same header bytes before the seq value."""
+    out = 0
+    a, b = prev[T0], row[T0]
+    n = prev[T1] - a
+    if row[T1] - b == n:
+        out = 1
+        for i in range(n):
+            if buf[a + i] != buf[b + i]:
+                out = 0
+                break
+    a, b = prev[T1], row[T1]
+    n = prev[H1] - 23 - a
+    if row[H1] - 23 - b == n:
+        for i in range(n):
+            if buf[a + i] != buf[b + i]:
+                return out
+        out |= 2
+    return out
 
 
 class Drainer:
