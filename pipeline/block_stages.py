@@ -56,9 +56,12 @@ def qber_upper_bound(errors: float, n: float, confidence: float = QBER_PLAN_CONF
         return 0.5
     if errors >= n:
         return 1.0
-    from scipy.stats import beta
+    # the Beta(errors + 1, n - errors) quantile; scipy.special's inverse incomplete beta is the
+    # same function as scipy.stats.beta.ppf without its per-call argument checks (~3 us vs ~70
+    # us: Bob's post-processing evaluates it for every event frame while a block fills)
+    from scipy.special import betaincinv
 
-    return float(beta.ppf(confidence, errors + 1.0, n - errors))
+    return float(betaincinv(errors + 1.0, n - errors, confidence))
 
 
 def plan_qber(qber: float) -> float:

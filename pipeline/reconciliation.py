@@ -172,12 +172,14 @@ class ReconcilerAlice(_Side):
         batch_frames: int | None = None,
         frame_length: int = DEFAULT_FRAME_LENGTH,
         rng: np.random.Generator | None = None,
+        start_qber: float | None = None,
     ) -> None:
         super().__init__(block, eps_cor)
         self.qber = check_qber(qber_estimate)
         self.plan = plan_frame(
-            self.qber, f_target, max_reveals=max_reveals, frame_length=frame_length
-        )
+            self.qber, f_target, max_reveals=max_reveals, frame_length=frame_length,
+            start_qber=None if start_qber is None else check_qber(start_qber),
+        )  # fmt: skip
         if batch_frames is None:  # Bob keeps ~4 bytes per edge per frame of a batch
             batch_frames = min(max(2, BATCH_BYTES // (4 * self.plan.code.n_edges)), 16)
         self.batch_frames = max(1, int(batch_frames))
@@ -468,6 +470,7 @@ def reconcile_loopback(
     eps_cor: float = DEFAULT_EPS_COR,
     batch_frames: int | None = None,
     frame_length: int = DEFAULT_FRAME_LENGTH,
+    start_qber: float | None = None,
 ) -> ReconciliationResult:
     """Reconcile one block with Alice's and Bob's objects talking through a loopback channel.
 
@@ -493,6 +496,7 @@ def reconcile_loopback(
         batch_frames=batch_frames,
         frame_length=frame_length,
         rng=np.random.default_rng(seed),
+        start_qber=start_qber,
     )
     bob = ReconcilerBob(0, eps_cor=eps_cor)
     a_end, b_end = loopback_pair()

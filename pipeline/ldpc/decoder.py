@@ -9,8 +9,8 @@ copies (:mod:`.kernels`). Check updates are sum-product by the tanh
 rule (product of tanh(|t|/2), one division per edge for the extrinsic product) with
 vectorisable exp/log approximations (:mod:`.fastmath`) on float32 messages, or offset min-sum
 as a faster option; frames run in parallel with ``prange``; each frame stops as soon
-as its hard decision satisfies the syndrome (exact check, run when the cheap per-layer parity
-count reaches zero) or, optionally, when it is stuck. :class:`BatchDecoder` keeps the messages
+as its hard decision satisfies the syndrome (exact check at the end of an iteration, run when
+the cheap per-layer parity count is small) or, optionally, when it is stuck. :class:`BatchDecoder` keeps the messages
 so that a frame resumes after a blind round instead of starting over.
 """
 

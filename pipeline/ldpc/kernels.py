@@ -107,7 +107,11 @@ def _decode_frame(post, msg, syn, out, row_ptr, edge_col, edge_shift, z, max_ite
                     _oms_out(ext, to, acc1, acc2, arg, t, sgn, msg, mo, zu)
                 _copy(ext, to, post, po + s, zu - s)
                 _copy(ext, to + zu - s, post, po, s)
-        if unsat == 0 and _satisfied(post, syn, row_ptr, edge_col, edge_shift, z):
+        # The per-layer parity count lags: a layer's checks are counted before its update, so a
+        # frame that converged during this iteration only counts 0 in the next. The exact
+        # check at the end of the iteration saves that iteration (~1 of 12 at f 1.3); it stops
+        # at the first unsatisfied row, so it is cheap on frames far from converging.
+        if unsat * 64 <= m_b * z and _satisfied(post, syn, row_ptr, edge_col, edge_shift, z):
             _hard(post, out)
             return it, True
         if unsat < best_unsat:

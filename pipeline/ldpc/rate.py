@@ -152,32 +152,72 @@ def plan_frame(
     max_reveals: int = DEFAULT_MAX_REVEALS,
     codes: tuple[str, ...] | None = None,
     frame_length: int = DEFAULT_FRAME_LENGTH,
+    start_qber: float | None = None,
 ) -> FramePlan:
     """Choose the code and ``(p, s)`` so that ``(m - p) / (k h(Q)) = f_target``.
 
     At least ``min(max_reveals, PUNCTURED_REVEALS) * reveal_step`` positions are punctured, so
     that every blind round but the last-resort ones reveals punctured bits (each worth a full
-    bit to the decoder; a revealed key bit is worth only h(Q)); the rest of the adaptation is shortening. Among the codes whose puncturing and
-    shortening stay within ``MAX_PUNCTURED`` / ``MAX_SHORTENED`` the one with the least
-    adaptation wins (Elkouss et al. 2010: small ``d = p + s`` keeps f low), puncturing beyond the
-    reveal budget counting five-fold because it costs BP far more than shortening.
+    bit to the decoder; a revealed key bit is worth only h(Q)); the rest of the adaptation is
+    shortening. Among the codes whose puncturing and shortening stay within ``MAX_PUNCTURED`` /
+    ``MAX_SHORTENED`` the one with the least adaptation wins (Elkouss et al. 2010: small
+    ``d = p + s`` keeps f low), puncturing beyond the reveal budget counting five-fold because
+    it costs BP far more than shortening.
+
+    ``start_qber`` (<= ``qber_estimate``) starts the frame lower: the syndrome is sized for
+    ``f_target`` at ``start_qber`` and enough extra punctured rounds (``reveal_step`` each, at
+    ``start_qber``'s entropy) are added that the punctured reveals still reach what the plan at
+    ``qber_estimate`` alone reaches. A frame whose QBER is near ``start_qber`` then leaks that
+    much less, one that is near ``qber_estimate`` pays a few more blind rounds; no frame has
+    less reach. Plans are cached (they are pure functions of the arguments).
     """
     if not 0.0 <= qber_estimate <= 0.5:
         raise ValueError(f"QBER estimate must be in [0, 0.5], got {qber_estimate}")
     if f_target < 1.0:
         raise ValueError(f"target efficiency must be >= 1, got {f_target}")
-    h = binary_entropy(max(qber_estimate, MIN_QBER))
-    best: tuple[float, str, int, int, int] | None = None
+    if start_qber is not None and not 0.0 <= start_qber <= qber_estimate:
+        raise ValueError(f"start QBER must be in [0, {qber_estimate}], got {start_qber}")
+    return _plan_frame(
+        float(qber_estimate),
+        float(f_target),
+        float(reveal_f_step),
+        int(max_reveals),
+        None if codes is None else tuple(codes),
+        int(frame_length),
+        float(qber_estimate if start_qber is None else start_qber),
+    )
+
+
+@lru_cache(maxsize=256)
+def _plan_frame(
+    qber: float,
+    f_target: float,
+    reveal_f_step: float,
+    max_reveals: int,
+    codes: tuple[str, ...] | None,
+    frame_length: int,
+    start_qber: float,
+) -> FramePlan:
+    h_hi = binary_entropy(max(qber, MIN_QBER))
+    h = binary_entropy(max(start_qber, MIN_QBER))
+    best: tuple[float, str, int, int, int, int] | None = None
     for name in codes if codes is not None else family_codes(frame_length):
         code = load_code(name)
         n, m = code.n, code.m
         f_start = start_efficiency(name, n, f_target)
-        lam = f_start * h  # leaked bits per key bit
-        if lam >= 1.0:
+        lam = f_start * h  # leaked bits per key bit at the start
+        if f_start * h_hi >= 1.0:
             continue
         # the reveal step is a fixed efficiency increment on a nominal full frame
         step = max(1, math.ceil(reveal_f_step * n * h)) if max_reveals else 0
-        budget = step * min(max_reveals, PUNCTURED_REVEALS)
+        rounds = min(max_reveals, PUNCTURED_REVEALS)
+        extra = 0
+        if h_hi > h and step:
+            # leak from f_start at start_qber to f_start at qber, on the most key bits a frame
+            # can carry (m / lam), plus the usual punctured rounds counted at qber's entropy
+            reach = f_start * (h_hi - h) * min(n, m / lam) + rounds * reveal_f_step * n * h_hi
+            extra = max(0, math.ceil(reach / step) - rounds)
+        budget = step * (rounds + extra)
         s = math.floor(n - budget - (m - budget) / lam)
         if s >= 0:
             p = budget
@@ -187,10 +227,8 @@ def plan_frame(
             continue
         cost = (5 * p - 4 * budget + s) / n  # puncturing beyond the reveal budget weighs 5x
         if best is None or cost < best[0]:
-            best = (cost, name, p, s, step)
+            best = (cost, name, p, s, step, extra)
     if best is None:
-        raise ValueError(
-            f"QBER estimate {qber_estimate} is outside what the stored codes can reconcile"
-        )
-    _, name, p, s, step = best
-    return FramePlan(name, p, s, step, max_reveals)
+        raise ValueError(f"QBER estimate {qber} is outside what the stored codes can reconcile")
+    _, name, p, s, step, extra = best
+    return FramePlan(name, p, s, step, max_reveals + extra)
