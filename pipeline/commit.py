@@ -138,6 +138,17 @@ class CommitInitiator(_Side):
             proposal["refill"] = True
         return proposal
 
+    def withdraw(self, block_id: str) -> None:
+        """The proposal of ``block_id`` never left this node (the channel held or refused it):
+        discard the block now instead of leaving it pending. Alice commits only on a proposal she
+        received (after establishment only on a verified Wegman-Carter checkpoint), so she can
+        never hold it; a block left pending would also hold back every pad block after it from
+        the pad stream (``KeyStore.auth_pad_bytes``) until a commit query settles it, which an
+        exhausted pad cannot carry."""
+        if self.store.status(block_id) == "pending":
+            self.store.discard(block_id)
+            self.discarded.append(block_id)
+
     def handle(self, msg: Message) -> list[Message]:
         kind = msg.get("type")
         if kind == "commit_confirm":

@@ -41,6 +41,7 @@ import zmq
 from pipeline.blocks import BlockInput, make_block_side
 from pipeline.commit import COMMIT_TYPES, CommitInitiator, CommitResponder
 from pipeline.sifting import SiftedFrame, SiftingAlice, SiftingBob
+from pipeline.sifting import warm_up as sifting_warm_up
 from qnode.bus import Publisher, topic
 from qnode.channel import ChannelError, ClassicalChannel, load_secret
 from qnode.codec import CodecError, packb, unpackb
@@ -362,13 +363,16 @@ class PostProcess:
 
     def _alice_announce(self, msg: dict[str, Any]) -> None:
         try:
-            slots = self.sift_alice.requested_slots(msg)
+            request = self.sift_alice.symbol_request(msg)  # serial kernels: no thread setting
         except ValueError as exc:
             log.warning("bad sift_announce: %s", exc)
             return
-        frame = int(msg["frame"])
-        self.waiting_symbols[frame] = msg
-        self.requests_out.send_multipart([packb({"frame": frame}), slots], copy=False)
+        self.waiting_symbols[request.frame] = msg
+        if request.gaps is not None:  # Bob's uint16 gaps go to the source as they came
+            head, positions = {"frame": request.frame, "first": request.first}, request.gaps
+        else:
+            head, positions = {"frame": request.frame}, request.slots
+        self.requests_out.send_multipart([packb(head), positions], copy=False)
 
     def _alice_symbols(self) -> None:
         while self.symbols_in.poll(0):
@@ -385,11 +389,10 @@ class PostProcess:
             if not header.get("ok"):
                 self.send({"type": "sift_reply", "frame": msg["frame"], "n": 0, "failed": True})
                 continue
-            sym = np.frombuffer(parts[1], dtype=np.uint8)
             try:
                 with _one_numba_thread():
                     reply, sifted = self.sift_alice.on_announce(
-                        msg, sym & 1, (sym >> 1) & 1, (sym >> 2) & 3
+                        msg, np.frombuffer(parts[1], dtype=np.uint8)
                     )
             except ValueError as exc:
                 log.warning("cannot sift frame %s: %s", msg["frame"], exc)
@@ -490,7 +493,8 @@ class PostProcess:
                 if isinstance(self.commit, CommitInitiator):
                     proposal = self.commit.propose(block, key, meta)
                     info["block_id"] = proposal["block_id"]
-                    self.send(proposal)
+                    if not self.send(proposal):  # never left: Alice cannot hold it
+                        self.commit.withdraw(proposal["block_id"])
                 else:
                     for reply in self.commit.offer(block, key, meta):
                         self.send(reply)
@@ -636,6 +640,7 @@ class PostProcess:
 
             t0 = time.monotonic()
             warm_up()
+            sifting_warm_up()
             log.info("block stages warmed up in %.1f s", time.monotonic() - t0)
         except Exception as exc:  # noqa: BLE001 - a failed warm-up only costs time later
             log.warning("block stages could not be warmed up: %s: %s", type(exc).__name__, exc)

@@ -56,15 +56,15 @@ def _record(envelope: bytes, body: bytes) -> bytes:
 
 def commits_no_key(message: dict[str, Any]) -> bool:
     """A commit message that may spend the refill reserve: a proposal marked ``refill`` (Alice
-    turns it into pad or refuses it), or an answer that commits no block as servable key."""
+    turns it into pad or refuses it), an answer that commits no block as servable key, or a
+    ``commit_status``: it settles blocks already committed on the sender's side (at most the
+    few Bob holds pending, once per session), and a pending block holds back every pad block
+    after it from Bob's pad stream (``KeyStore.auth_pad_bytes``), so refill needs it settled."""
     kind = message.get("type")
     if kind == "commit_propose":
         return message.get("refill") is True
     if kind == "commit_confirm":
         return message.get("status") in ("auth", "refused")
-    if kind == "commit_status":
-        status = message.get("status")
-        return isinstance(status, dict) and "committed" not in status.values()
     return True
 
 

@@ -66,6 +66,11 @@ CREATE TABLE IF NOT EXISTS node_state (
 """
 
 _META_FIELDS = ("qber", "n_x", "leak_bits", "eps_sec", "eps_cor")
+# The channel's pad stream: auth blocks below the first pending one (KeyStore.auth_pad_bytes).
+_PAD_STREAM = (
+    "status = 'auth' AND seq < COALESCE("
+    "(SELECT MIN(seq) FROM key_blocks WHERE status = 'pending'), 9223372036854775807)"
+)
 
 
 _INFO_COLS = (
@@ -242,9 +247,41 @@ class KeyStore:
                 (block_id, time.time_ns()),
             )
 
+    def provision_pad(self, block_id: str, seq: int, peer: str, key: bytes) -> None:
+        """Add channel pad delivered out of band (the same bytes, id and ``seq`` on both nodes),
+        e.g. after an attack exhausted the Wegman-Carter pad (docs/contracts.md §7).
+
+        Refused while a block is pending (settle it first from the peer's store: pad behind a
+        pending block does not join the pad stream) or unless ``seq`` is above every block of
+        this store, so the pad stream only grows at its end."""
+        with self._lock:
+            pending = self._db.execute(
+                "SELECT block_id FROM key_blocks WHERE status = 'pending' ORDER BY seq LIMIT 1"
+            ).fetchone()
+        if pending is not None:
+            raise KeyStoreError(
+                f"block {pending[0]} is pending: settle it as the peer's store has it first"
+            )
+        if seq <= self.max_seq():
+            raise KeyStoreError(f"pad seq {seq} must exceed every stored block ({self.max_seq()})")
+        self.add_committed(block_id, seq, peer, key, {}, for_channel=True)
+
     def reserve_for_channel(self, block_id: str) -> None:
-        """Take a committed block out of the key pool for the channel's Wegman-Carter pads."""
+        """Take a committed block out of the key pool for the channel's Wegman-Carter pads.
+
+        Only a block after every ``auth`` block: one inserted earlier would shift the pad stream
+        (:meth:`auth_pad_bytes`) under the channel's cursor, and units already used would come
+        back at new offsets."""
         with self._tx() as db:
+            row = db.execute(
+                "SELECT seq < (SELECT COALESCE(MAX(seq), -1) FROM key_blocks WHERE status = 'auth')"
+                " FROM key_blocks WHERE block_id = ?",
+                (block_id,),
+            ).fetchone()
+            if row is not None and row[0]:
+                raise KeyStoreError(
+                    f"block {block_id} precedes a pad block: the pad stream only grows at its end"
+                )
             cur = db.execute(
                 "UPDATE key_blocks SET status = 'auth' WHERE block_id = ? AND status = 'committed'",
                 (block_id,),
@@ -337,18 +374,27 @@ class KeyStore:
             )
 
     def auth_pad_len(self) -> int:
-        """Bytes in the channel's pad stream (all ``auth`` blocks), without reading them."""
+        """Bytes in the channel's pad stream (:meth:`auth_pad_bytes`), without reading them."""
         with self._lock:
             row = self._db.execute(
-                "SELECT COALESCE(SUM(LENGTH(key)), 0) FROM key_blocks WHERE status = 'auth'"
+                f"SELECT COALESCE(SUM(LENGTH(key)), 0) FROM key_blocks WHERE {_PAD_STREAM}"
             ).fetchone()
         return int(row[0])
 
     def auth_pad_bytes(self) -> bytes:
-        """Concatenated key bytes of the blocks reserved for the channel, in block order."""
+        """The channel's pad stream: the key bytes of the ``auth`` blocks in block order, up to
+        the first block still ``pending`` (docs/contracts.md §7, "Pad").
+
+        The stream only ever grows at its end, so a pad unit (an offset in it) always names the
+        same bytes, which is what makes a persisted cursor enough to never reuse one. A pending
+        block (Bob's, awaiting Alice's answer) may still become ``auth`` after a later block
+        did (its confirmation lost, the later one's not), so nothing from it on joins the stream
+        until it is settled; Alice never holds pending blocks, so Bob's stream is always a
+        prefix of hers. :meth:`reserve_for_channel` refuses a block below the last ``auth``.
+        """
         with self._lock:
             rows = self._db.execute(
-                "SELECT key FROM key_blocks WHERE status = 'auth' ORDER BY seq"
+                f"SELECT key FROM key_blocks WHERE {_PAD_STREAM} ORDER BY seq"
             ).fetchall()
         return b"".join(bytes(r[0]) for r in rows)
 

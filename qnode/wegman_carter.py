@@ -176,7 +176,11 @@ class WegmanCarterSession:
         """Pad units this node holds (re-read from the key store when ``refresh``: new ``auth``
         blocks extend a running session, so it never has to restart for pad)."""
         if refresh and self._owner.keystore.auth_pad_len() > len(self._pad):
-            self._pad = self._owner.keystore.auth_pad_bytes()
+            pad = self._owner.keystore.auth_pad_bytes()
+            # the stream only grows at its end (KeyStore.auth_pad_bytes); should it ever not,
+            # keep the pad this session started with rather than let a unit name new bytes
+            if pad.startswith(self._pad):
+                self._pad = pad
         return len(self._pad) // UNIT
 
     @property

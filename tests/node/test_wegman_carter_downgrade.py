@@ -13,10 +13,12 @@ from __future__ import annotations
 import os
 import time
 
+import pytest
+
 from pipeline.commit import CommitInitiator, CommitResponder
 from qnode.channel import ChannelError, ClassicalChannel, HmacAuth
 from qnode.codec import packb, unpackb
-from qnode.keystore import KeyStore
+from qnode.keystore import KeyStore, KeyStoreError
 from qnode.wegman_carter import UNIT, Chain, WegmanCarter
 
 from .mitm import MitmProxy
@@ -125,7 +127,8 @@ def _block(nodes, n: int, units: int = 4, timeout: float = 3.0) -> tuple[str, di
     meta = {"n_bits": len(key) * 8}
     alice.commit.offer(n, key, meta)
     proposal = bob.commit.propose(n, key, meta)
-    bob.send(proposal)
+    if not bob.send(proposal):  # held: it never left, so it is withdrawn (as postprocess does)
+        bob.commit.withdraw(proposal["block_id"])
     _run(nodes, lambda: bob.store.status(proposal["block_id"]) != "pending", timeout)
     return proposal["block_id"], proposal
 
@@ -172,28 +175,39 @@ def test_forced_restarts_exhaust_the_pad_and_nothing_commits_under_hmac(ctx, tmp
     for node in nodes:
         assert "pad_exhausted" in node.events
         assert node.ch.stats.wc_established and node.ch.stats.wc_pad_low
-    # honest commits are held: Bob's proposal never leaves, Alice's ready block stays uncommitted
+    # honest commits are held: Bob's proposal never leaves (he withdraws the block at once: Alice
+    # cannot hold it), Alice's ready block stays uncommitted
     held = bob.ch.stats.commits_held
     pending_id, proposal = _block(nodes, 2, timeout=0.3)
-    assert bob.ch.stats.commits_held == held + 1 and bob.store.status(pending_id) == "pending"
+    assert bob.ch.stats.commits_held == held + 1 and bob.store.status(pending_id) == "discarded"
     # the attacker, holding the HMAC secret, forges the commit messages under a valid HMAC
     proxy.forge["up"] = proposal
     proxy.forge["down"] = {"type": "commit_confirm", "block_id": pending_id, "status": "committed"}
     assert _run(nodes, lambda: len(proxy.forged) == 2)
     _run(nodes, lambda: False, timeout=0.3)  # let both nodes act on the forgeries
-    assert alice.store.status(pending_id) is None and bob.store.status(pending_id) == "pending"
+    assert alice.store.status(pending_id) is None and bob.store.status(pending_id) == "discarded"
     assert alice.ch.stats.rejected_downgrade == 1 == bob.ch.stats.rejected_downgrade
     assert _key_ids(bob.store) == keys_before == _key_ids(alice.store)
     assert alice.ch.stats.rejected_auth == 0  # authentic HMAC: counted as a refused downgrade
-    # pad provisioned out of band on both nodes: a new session runs on Wegman-Carter again,
-    # Bob's held block is discarded on both sides by id, and key production resumes
+    # pad provisioned out of band on both nodes: a new session runs on Wegman-Carter again (no
+    # pending block holds the new pad back from Bob's pad stream), and key production resumes
     more = os.urandom(UNIT * 64)
-    for node in nodes:
-        node.store.add_committed("pad-new", 10_000, "peer", more, {}, for_channel=True)
+    _run(nodes, lambda: False, timeout=0.3)  # the last commit query has been answered, or not
+    alice.store.provision_pad("pad-new", 10_000, "peer", more)
+    if bob.store.blocks("pending"):  # the dropped proposal's status could not be sent
+        with pytest.raises(KeyStoreError, match="pending"):  # never behind a pending block
+            bob.store.provision_pad("pad-new", 10_000, "peer", more)
+    for block in bob.store.blocks("pending"):  # settled by the operator from Alice's store
+        if alice.store.status(block.block_id) in ("committed", "auth"):
+            bob.store.commit(
+                block.block_id, for_channel=alice.store.status(block.block_id) == "auth"
+            )
+        else:
+            bob.store.discard(block.block_id)
+    bob.store.provision_pad("pad-new", 10_000, "peer", more)
     bob.ch.renegotiate()
     assert _run(nodes, lambda: alice.ch.mode == bob.ch.mode == "wegman-carter")
-    assert _run(nodes, lambda: bob.store.status(pending_id) == "discarded")
-    assert alice.store.status(pending_id) == "discarded"
+    assert bob.store.status(pending_id) == "discarded" and alice.store.status(pending_id) is None
     block_id, _ = _block(nodes, 3)
     assert bob.store.status(block_id) == alice.store.status(block_id) == "committed"
     assert not bob.ch.stats.wc_pad_exhausted
