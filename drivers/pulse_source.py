@@ -73,20 +73,34 @@ class PulseSource(ScpiInstrument):
     def symbols_for_slots(self, slots: np.ndarray) -> np.ndarray:
         """Get the symbol bytes of an arbitrary slot list (int64, any order) as a uint8 array.
 
-        A strictly increasing list whose gaps fit 16 bits (a frame of detections on any but a
-        dark link) goes as ``:SOUR:SYMB:GAPS? <first>,<uint16 gaps>``, a quarter of the bytes of
-        the int64 list that ``:SOUR:SYMB:LIST?`` carries for any other.
+        A strictly increasing list whose gaps fit 16 bits goes as ``:SOUR:SYMB:GAPS?`` (see
+        :meth:`symbols_for_gaps`, which takes the gaps without a slot list), any other as the
+        int64 list of ``:SOUR:SYMB:LIST?``.
         """
         slots = np.ascontiguousarray(slots, dtype="<i8")
         if slots.size >= 2:
             gaps = np.diff(slots)
             if gaps.min() >= 1 and gaps.max() <= 0xFFFF:
-                command = f":SOUR:SYMB:GAPS? {int(slots[0])},"
-                payload = self.adapter.query_block(command, gaps.astype("<u2").tobytes())
-                return self._checked(payload, len(slots), command)
+                return self.symbols_for_gaps(int(slots[0]), gaps.astype("<u2"))
         command = ":SOUR:SYMB:LIST? "
         payload = self.adapter.query_block(command, slots.tobytes())
         return self._checked(payload, len(slots), command)
+
+    def symbols_for_gaps(self, first: int, gaps: np.ndarray) -> np.ndarray:
+        """Get the symbol bytes of the slots ``first, first + g1, first + g1 + g2, ...``.
+
+        ``gaps`` (uint16, each >= 1) go unchanged as the block of ``:SOUR:SYMB:GAPS?``: a
+        caller holding a sorted list as gaps (Bob's sifting announcement) never builds the
+        slots. Returns ``len(gaps) + 1`` bytes; a zero gap or a slot past the source's counter
+        is refused by the source (-222, ``InstrumentCommandError``).
+        """
+        if not isinstance(gaps, np.ndarray) or gaps.dtype != np.dtype("<u2") or gaps.ndim != 1:
+            raise ValueError("gaps must be a one-dimensional little-endian uint16 array")
+        if not 0 <= first < 1 << 62:
+            raise ValueError(f"first slot {first} outside 0 ... 2^62 - 1")
+        command = f":SOUR:SYMB:GAPS? {int(first)},"
+        payload = self.adapter.query_block(command, gaps.tobytes())
+        return self._checked(payload, gaps.size + 1, command)
 
     def _checked(self, payload: bytes, count: int, command: str) -> np.ndarray:
         if len(payload) != count:

@@ -342,13 +342,19 @@ class Acquisition:
             if not requests.poll(100):
                 continue
             parts = requests.recv_multipart(copy=False)
-            try:
+            try:  # {frame, first} + uint16 gaps (Bob's, passed through), or {frame} + slots
                 header = unpackb(bytes(parts[0]))
-                slots = np.frombuffer(parts[1], dtype="<i8")
-            except (CodecError, IndexError, ValueError):
+                first = header.get("first")
+                if first is not None and not 0 <= int(first) < 1 << 62:
+                    continue
+                positions = np.frombuffer(parts[1], dtype="<i8" if first is None else "<u2")
+            except (AttributeError, CodecError, IndexError, TypeError, ValueError):
                 continue
             try:
-                symbols = tx.symbol_bytes(slots)
+                if first is None:
+                    symbols = tx.symbol_bytes(positions)
+                else:
+                    symbols = tx.symbol_bytes_for_gaps(int(first), positions)
                 ok = True
             except InstrumentError as exc:
                 self._instrument("source", "fault", exc)

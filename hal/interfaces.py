@@ -118,6 +118,17 @@ class Transmitter(Role):
     def symbol_range(self, first: int, count: int) -> np.ndarray:
         """Symbol bytes of the contiguous slots ``first ... first + count - 1``."""
 
+    def symbol_bytes_for_gaps(self, first: int, gaps: np.ndarray) -> np.ndarray:
+        """Symbol bytes of the slots ``first, first + gaps[0], ...`` (uint16 gaps, each >= 1, as
+        Bob's sifting announcement carries them). This default builds the slot list; a source
+        that takes gaps (``SYMB:GAPS?``) passes them through."""
+        steps = np.asarray(gaps, dtype=np.int64)
+        slots = np.empty(steps.size + 1, np.int64)
+        slots[0] = first
+        np.cumsum(steps, out=slots[1:])
+        slots[1:] += first
+        return self.symbol_bytes(slots)
+
     def symbols(self, slots: np.ndarray) -> dict[str, np.ndarray]:
         """Alice's ``basis``, ``bit``, ``intensity`` (uint8 arrays) for the given slots."""
         sym = self.symbol_bytes(np.asarray(slots, dtype=np.int64))

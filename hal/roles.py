@@ -107,6 +107,9 @@ class PulseSourceTransmitter(_DriverRole, Transmitter):
     def symbol_bytes(self, slots: np.ndarray) -> np.ndarray:
         return self.driver.symbols_for_slots(slots)
 
+    def symbol_bytes_for_gaps(self, first: int, gaps: np.ndarray) -> np.ndarray:
+        return self.driver.symbols_for_gaps(first, gaps)
+
     def symbol_range(self, first: int, count: int) -> np.ndarray:
         return self.driver.symbols(first, count)
 

@@ -1,8 +1,9 @@
 """``qnode perf`` rows for sifting: qnode's numba stage beside a plain vectorised numpy version.
 
-Both sift the same frame (both sides: Bob's announcement, Alice's answer, Bob's finish) and
-their key bits, counts and test errors must agree before a figure is reported. Transport
-(msgpack) is excluded: the rows measure the stage's computation on Bob's and Alice's arrays.
+Both sift the same frame (both sides: Bob's announcement, Alice's symbol request and answer from
+her symbol bytes, Bob's finish) and their key bits, counts and test errors must agree before a
+figure is reported. Transport (msgpack) and the source's lookup are excluded: the rows measure
+the stage's computation on Bob's arrays and Alice's symbol bytes.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.sifting import SiftingAlice, SiftingBob
+from pipeline.sifting import SiftingAlice, SiftingBob, symbol_bytes
 
 STAGE = "sifting"
 
@@ -33,6 +34,7 @@ def make_frame(n: int, seed: int = 0, qber: float = 0.03) -> dict[str, np.ndarra
         "alice_basis": alice_basis,
         "alice_bit": alice_bit,
         "intensity": intensity,
+        "alice_symbols": symbol_bytes(alice_basis, alice_bit, intensity),  # as her source sends
     }
 
 
@@ -40,14 +42,16 @@ def sift_qnode(f: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.nda
     """Both sides through qnode's stage objects (no channel); returns keys, counts, errors."""
     bob, alice = SiftingBob(), SiftingAlice()
     announce = bob.announce(0, f["slot"], f["bob_basis"], f["bob_bit"])
-    reply, a = alice.on_announce(announce, f["alice_basis"], f["alice_bit"], f["intensity"])
+    alice.symbol_request(announce)  # validated; the gaps would go to her source as they came
+    reply, a = alice.on_announce(announce, f["alice_symbols"])
     b = bob.on_reply(reply)
     return a.key_bits, b.key_bits, a.counts, a.test_errors
 
 
 def sift_numpy(f: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The same protocol (bit planes on the wire) written as straightforward vectorised numpy."""
-    bb, ab, k = f["bob_basis"], f["alice_basis"], f["intensity"]
+    bb, sym = f["bob_basis"], f["alice_symbols"]
+    ab, av, k = sym & 1, (sym >> 1) & 1, (sym >> 2) & 3
     n = bb.size
     # Bob announces
     basis_plane = np.packbits(bb, bitorder="little")
@@ -61,8 +65,8 @@ def sift_numpy(f: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.nda
     hi_plane = np.packbits(match & (k >> 1).astype(bool), bitorder="little")
     counts = np.bincount(ab[match] * 3 + k[match], minlength=6).reshape(2, 3)
     z = match & (ab == 0)
-    errors = np.bincount(k[z], weights=f["alice_bit"][z] ^ bob_test_seen[z], minlength=3)
-    alice_key = f["alice_bit"][match & (ab == 1)]
+    errors = np.bincount(k[z], weights=av[z] ^ bob_test_seen[z], minlength=3)
+    alice_key = av[match & (ab == 1)]
     # Bob finishes
     m = np.unpackbits(match_plane, count=n, bitorder="little").astype(bool)
     kb = np.unpackbits(lo_plane, count=n, bitorder="little") | (

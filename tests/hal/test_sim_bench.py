@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 from hal.bench import Bench, world_request
 from hal.calibrate import calibrate_delay
 from hal.cli import register
+from hal.interfaces import Transmitter
 from hal.receiver import BobReceiver, alice_symbols, timing_from_config
 
 TRUE_DELAY_PS = 25 * 4_897_000.0  # sim_link: gys preset at 25 km, no cable delay
@@ -41,6 +42,15 @@ def test_bob_frames_agree_with_alice_symbols(bench):
         assert np.all(np.diff(ev.slot) > 0) and ev.slot[0] >= lo
         assert ev.slot[-1] < lo + frame.frame_slots
         alice = alice_symbols(bench.transmitter, ev.slot)
+        # The sifting path: Bob's uint16 gaps straight to SYMB:GAPS? give the same symbols, and
+        # so does the interface's default for a source without a gap query (builds the slots).
+        tx, gaps = bench.transmitter, np.diff(ev.slot).astype(np.uint16)
+        assert np.all(np.diff(ev.slot) <= 0xFFFF)
+        by_gaps = tx.symbol_bytes_for_gaps(int(ev.slot[0]), gaps)
+        np.testing.assert_array_equal(by_gaps, tx.symbol_bytes(ev.slot))
+        default = Transmitter.symbol_bytes_for_gaps(tx, int(ev.slot[0]), gaps)
+        np.testing.assert_array_equal(default, by_gaps)
+        np.testing.assert_array_equal(by_gaps & 1, alice["basis"])
         matched = (alice["basis"] == ev.basis) & ~ev.double
         assert 0.4 < matched.mean() < 0.6
         qber = float(np.mean(alice["bit"][matched] != ev.bit[matched]))

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from pipeline.bench.sifting import make_frame, sift_numpy, sift_qnode
 from pipeline.channel import loopback_pair
-from pipeline.sifting import SiftingAlice, SiftingBob, sift_loopback
+from pipeline.sifting import SiftingAlice, SiftingBob, sift_loopback, symbol_bytes
 
 
 def reference_sift(bob_basis, bob_bit, alice_basis, alice_bit, intensity):
@@ -32,7 +32,7 @@ def reference_sift(bob_basis, bob_bit, alice_basis, alice_bit, intensity):
 
 
 def random_frame(rng: np.random.Generator, n: int) -> dict[str, np.ndarray]:
-    return {
+    f = {
         "slot": np.cumsum(rng.integers(1, 1000, n)).astype(np.int64),
         "bob_basis": rng.integers(0, 2, n).astype(np.uint8),
         "bob_bit": rng.integers(0, 2, n).astype(np.uint8),
@@ -40,6 +40,8 @@ def random_frame(rng: np.random.Generator, n: int) -> dict[str, np.ndarray]:
         "alice_bit": rng.integers(0, 2, n).astype(np.uint8),
         "intensity": rng.integers(0, 3, n).astype(np.uint8),
     }
+    f["symbols"] = symbol_bytes(f["alice_basis"], f["alice_bit"], f["intensity"])
+    return f
 
 
 def run_loopback(f: dict[str, np.ndarray], frame: int = 7):
@@ -91,8 +93,11 @@ def test_messages_carry_frame_ids_and_bit_planes() -> None:
     np.testing.assert_array_equal(
         np.unpackbits(announce["basis"], bitorder="little", count=100), f["bob_basis"]
     )
-    np.testing.assert_array_equal(alice.requested_slots(announce), f["slot"])
-    reply, _ = alice.on_announce(announce, f["alice_basis"], f["alice_bit"], f["intensity"])
+    request = alice.symbol_request(announce)
+    assert (request.frame, request.n, request.first) == (42, 100, f["slot"][0])
+    assert request.gaps is announce["slot_delta"] and request.slots is None  # passed through
+    np.testing.assert_array_equal(request.slot_list(), f["slot"])
+    reply, _ = alice.on_announce(announce, f["symbols"])
     assert reply["type"] == "sift_reply" and reply["frame"] == 42
     match = np.unpackbits(reply["match"], bitorder="little", count=100).astype(bool)
     np.testing.assert_array_equal(match, f["bob_basis"] == f["alice_basis"])
@@ -109,9 +114,7 @@ def test_bob_keeps_several_frames_in_flight() -> None:
     for _ in frames:
         msg = a_end.recv()
         f = frames[msg["frame"]]
-        replies[msg["frame"]], _ = alice.on_announce(
-            msg, f["alice_basis"], f["alice_bit"], f["intensity"]
-        )
+        replies[msg["frame"]], _ = alice.on_announce(msg, f["symbols"])
     for k in (5, 3, 4):  # replies may come back in any order
         result = bob.on_reply(replies[k])
         ref = reference_sift(*(frames[k][x] for x in ("bob_basis", "bob_bit", "alice_basis", "alice_bit", "intensity")))  # fmt: skip  # noqa: E501
@@ -163,38 +166,53 @@ def test_alice_rejects_bad_symbols_and_announcements() -> None:
     f, slot, basis, bit = _good()
     announce = SiftingBob().announce(0, slot, basis, bit)
     alice = SiftingAlice()
-    symbols = (f["alice_basis"], f["alice_bit"], f["intensity"])
-    with pytest.raises(ValueError, match="intensity not 0..2"):
-        alice.on_announce(announce, symbols[0], symbols[1], np.full(200, 3, np.uint8))
+    for bad in (0x13, 0x0C, 0xFF):  # a bit above 3 set, intensity class 3
+        symbols = f["symbols"].copy()
+        symbols[117] = bad
+        with pytest.raises(ValueError, match="bits 4-7 set or intensity class 3"):
+            alice.on_announce(announce, symbols)
     with pytest.raises(ValueError, match="length"):
-        alice.on_announce(announce, symbols[0][:-1], symbols[1], symbols[2])
+        alice.on_announce(announce, f["symbols"][:-1])
     with pytest.raises(ValueError, match="dtype uint8"):
-        alice.on_announce(announce, symbols[0], symbols[1].astype(bool), symbols[2])
+        alice.on_announce(announce, f["symbols"].astype(np.int16))
     delta = announce["slot_delta"]
-    for key, value in (
+    shape_errors = (
         ("type", "sift_reply"),
         ("n", 0),
         ("n", 201),
         ("slot", slot[:-1]),
-        ("slot", slot[::-1].copy()),
         ("slot_delta", delta[:-1]),
         ("slot_delta", delta.astype(np.int32)),
-        ("slot_delta", np.concatenate([delta[:-1], np.zeros(1, delta.dtype)])),
-        ("slot_delta", delta.astype(np.int64) - 1000),
         ("slot_delta", [1] * 199),
         ("slot0", -1),
         ("slot0", 2**62),
         ("slot0", True),
         ("basis", announce["basis"][:-1]),
+        ("test_bits", announce["test_bits"][:-1]),
         ("frame", -4),
-    ):
+    )
+    value_errors = (  # found by the one pass over the slots, in the symbol request
+        ("slot", slot[::-1].copy()),
+        ("slot", slot - slot[1]),
+        ("slot_delta", np.concatenate([delta[:-1], np.zeros(1, delta.dtype)])),
+        ("slot_delta", delta.astype(np.int64) - 1000),
+        ("slot_delta", np.full(199, 2**62 // 150, np.int64)),  # the last slot passes 2^62
+        ("slot0", 2**62 - int(delta.astype(np.int64).sum())),
+    )
+    for key, value in shape_errors + value_errors:
         with pytest.raises(ValueError):
-            alice.on_announce({**announce, key: value}, *symbols)
+            alice.symbol_request({**announce, key: value})
+    for key, value in shape_errors:
+        with pytest.raises(ValueError):
+            alice.on_announce({**announce, key: value}, f["symbols"])
+    last = 2**62 - 1 - int(delta.astype(np.int64).sum())  # the largest slot0 still in range
+    assert alice.symbol_request({**announce, "slot0": last}).slot_list()[-1] == 2**62 - 1
 
 
 @pytest.mark.parametrize("gap", [1, 70_000, 5_000_000_000])
 def test_announced_slots_travel_as_narrow_gaps(gap: int) -> None:
-    """uint16 gaps on bright links, wider ones when a gap needs them; the same slots arrive."""
+    """uint16 gaps on bright links (passed through to the source), wider ones when a gap needs
+    them (Alice builds the slots for a list query); the same slots arrive either way."""
     rng = np.random.default_rng(gap)
     slot = 12_345 + np.cumsum(rng.integers(1, 50, 300))
     slot[150:] += gap
@@ -205,9 +223,19 @@ def test_announced_slots_travel_as_narrow_gaps(gap: int) -> None:
     bob_end, alice_end = loopback_pair()
     bob_end.send(announce)  # through the codec: the dtype travels with the array
     sent = alice_end.recv()
-    np.testing.assert_array_equal(SiftingAlice.requested_slots(sent), slot)
+    request = SiftingAlice.symbol_request(sent)
+    assert request.first == slot[0]
+    if gap == 1:
+        assert request.slots is None and request.gaps.dtype == np.uint16
+        np.testing.assert_array_equal(request.gaps, np.diff(slot))
+    else:
+        assert request.gaps is None
+        np.testing.assert_array_equal(request.slots, slot)
+    np.testing.assert_array_equal(request.slot_list(), slot)
     plain = {k: v for k, v in sent.items() if k not in ("slot0", "slot_delta")}
-    np.testing.assert_array_equal(SiftingAlice.requested_slots({**plain, "slot": slot}), slot)
+    listed = SiftingAlice.symbol_request({**plain, "slot": slot})
+    assert listed.gaps is None
+    np.testing.assert_array_equal(listed.slots, slot)
 
 
 def test_bob_rejects_inconsistent_replies() -> None:
@@ -216,8 +244,7 @@ def test_bob_rejects_inconsistent_replies() -> None:
     def fresh():
         bob = SiftingBob()
         announce = bob.announce(0, slot, basis, bit)
-        symbols = (f["alice_basis"], f["alice_bit"], f["intensity"])
-        return bob, SiftingAlice().on_announce(announce, *symbols)[0]
+        return bob, SiftingAlice().on_announce(announce, f["symbols"])[0]
 
     _, reply = fresh()
     past_end = reply["match"].copy()
@@ -260,35 +287,65 @@ def test_perf_rows_measure_both_impls_on_the_same_frame() -> None:
 
 
 @pytest.mark.parametrize("dtype", [np.uint16, np.uint32, np.int64])
-def test_gap_decoding_across_parallel_chunks(dtype) -> None:
-    """Frames longer than one chunk of the two-level prefix sum decode exactly; a zero gap or a
-    slot reaching 2^62 anywhere (first, middle or last chunk) is refused, by the decoder and by
-    the validation-only pass alike."""
-    from pipeline.sifting import _GAP_CHUNK, _gaps_ok, _slot_gaps
-    from pipeline.sifting import _gaps_to_slots as build
-
-    def _gaps_to_slots(slot0, gaps, out):  # Alice's validation-only pass must agree
-        ok = build(slot0, gaps, out)
-        assert _gaps_ok(slot0, gaps) == ok
-        return ok
+def test_gap_checks_across_chunks(dtype) -> None:
+    """Frames longer than a kernel chunk: Bob's fused pass encodes every gap, Alice's one pass
+    refuses a zero gap anywhere (first, middle or last chunk) or a last slot reaching 2^62, and
+    the slots she builds for a list query are exact."""
+    from pipeline.sifting import _CHUNK, SymbolRequest, _checked_gaps
 
     rng = np.random.default_rng(3)
-    n = 3 * _GAP_CHUNK + 17
+    n = 3 * _CHUNK + 17
     slot = 5 + np.cumsum(rng.integers(1, 40, n)).astype(np.int64)
-    gaps = _slot_gaps(slot)
+    ones = np.ones(n, np.uint8)
+    gaps = SiftingBob().announce(0, slot, ones, ones)["slot_delta"]
     assert gaps.dtype == np.uint16
+    np.testing.assert_array_equal(gaps, np.diff(slot))
     gaps = gaps.astype(dtype)
-    out = np.empty(n, np.int64)
-    assert _gaps_to_slots(int(slot[0]), gaps, out)
-    np.testing.assert_array_equal(out, slot)
-    for at in (0, _GAP_CHUNK + 3, n - 2):
+    _checked_gaps(int(slot[0]), gaps)
+    built = SymbolRequest(0, n, int(slot[0]), gaps=gaps).slot_list()
+    np.testing.assert_array_equal(built, slot)
+    for at in (0, _CHUNK + 3, n - 2):
         bad = gaps.copy()
         bad[at] = 0
-        assert not _gaps_to_slots(int(slot[0]), bad, out)
-    # the running slot reaches 2^62 only in the last chunk
-    assert not _gaps_to_slots(2**62 - int(gaps.astype(np.int64).sum()), gaps, out)
-    assert _gaps_to_slots(2**62 - 1 - int(gaps.astype(np.int64).sum()), gaps, out)
+        with pytest.raises(ValueError, match="positive"):
+            _checked_gaps(int(slot[0]), bad)
+    total = int(gaps.astype(np.int64).sum())
+    with pytest.raises(ValueError, match="in range"):
+        _checked_gaps(2**62 - total, gaps)
+    _checked_gaps(2**62 - 1 - total, gaps)
     if dtype is np.int64:
-        huge = gaps.copy()
-        huge[_GAP_CHUNK + 1] = 2**62
-        assert not _gaps_to_slots(0, huge, out)
+        for huge in (2**62, 2**63 - 1, -1):
+            wide = gaps.copy()
+            wide[_CHUNK + 1] = huge
+            with pytest.raises(ValueError):
+                _checked_gaps(0, wide)
+    if dtype is np.uint32:  # gaps of 2^31 and more: the high parts of the sum count
+        wide = np.full(4, 2**32 - 1, np.uint32)
+        _checked_gaps(2**62 - 1 - 4 * (2**32 - 1), wide)
+        with pytest.raises(ValueError, match="in range"):
+            _checked_gaps(2**62 - 4 * (2**32 - 1), wide)
+
+
+def test_no_kernel_compiles_after_warm_up() -> None:
+    """The node warms sifting up for read-only (received) and writable arrays: a frame that
+    then comes in through the codec and zmq-like buffers compiles nothing."""
+    import pipeline.sifting as sifting
+
+    sifting.warm_up()
+    kernels = [
+        getattr(sifting, k) for k in dir(sifting) if hasattr(getattr(sifting, k), "signatures")
+    ]
+    before = {k.__name__: len(k.signatures) for k in kernels}
+    frozen = {
+        k: np.frombuffer(v.tobytes(), v.dtype)
+        for k, v in random_frame(np.random.default_rng(2), 999).items()
+    }  # noqa: E501
+    bob_end, alice_end = loopback_pair()
+    bob = SiftingBob()
+    bob_end.send(bob.announce(1, frozen["slot"], frozen["bob_basis"], frozen["bob_bit"]))
+    announce = alice_end.recv()
+    SiftingAlice.symbol_request(announce)
+    reply, _ = SiftingAlice().on_announce(announce, frozen["symbols"])
+    alice_end.send(reply)
+    bob.on_reply(bob_end.recv())
+    assert {k.__name__: len(k.signatures) for k in kernels} == before
