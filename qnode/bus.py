@@ -32,13 +32,13 @@ import msgpack
 import ormsgpack
 import zmq
 
-from qnode.bus_drain import FRAME_LIMIT
 from qnode.bus_wire import (  # noqa: F401  (re-exported: the bus's public names)
     _CACHE_MAX,
     _MAP_FIRST,
     _PUB_TAIL,
     _SEGMENT,
     _TS_KEY,
+    FRAME_LIMIT,
     PLANES,
     SCHEMA,
     STRATA,
@@ -277,8 +277,8 @@ class Subscriber:
         except zmq.Again:  # a two-frame message (or two one-frame ones) was the last queued
             return self._junk([a, b])
         c = last.bytes
-        if last.more:
-            return self._junk([a, b, c], more=True)
+        if last.more or len(c) > FRAME_LIMIT:
+            return self._junk([a, b, c], more=last.more)
         dec = self._decoder
         topic_text = dec.topics.get(a)
         known = dec.prefixes.get(b[:-23])
@@ -419,6 +419,8 @@ class Subscriber:
 
     def _native_round(self, max_messages: int, out: list[BusMessage]) -> None:
         """One native drain of up to ``max_messages`` messages, decoded and gap-counted here."""
+        if self._sock.closed:  # the native call must never see a freed socket handle
+            raise zmq.ZMQError(zmq.ENOTSOCK)
         data, rows = self._drainer.drain(max_messages)
         if not rows:
             return

@@ -23,7 +23,8 @@ from typing import Any
 import numpy as np
 from numba import njit
 
-FRAME_LIMIT = 1 << 20  # bytes per frame (docs/telemetry.md)
+from qnode.bus_wire import FRAME_LIMIT
+
 _RCVMORE = 13  # ZMQ_RCVMORE
 _DONTWAIT = 1  # ZMQ_DONTWAIT
 _EAGAIN = 11
@@ -151,7 +152,7 @@ class Drainer:
         if err:
             import zmq
 
-            raise zmq.ZMQError(err)
+            raise zmq.ContextTerminated() if err == zmq.ETERM else zmq.ZMQError(err)
         if n == 0:
             return b"", []  # maxn == 0 reads nothing (used to warm the kernel up)
         return self._buf[:used].tobytes(), self._meta[:n].tolist()

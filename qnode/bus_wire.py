@@ -16,6 +16,7 @@ from typing import Any
 from qnode.codec import CodecError, packb, unpackb
 
 SCHEMA = 1
+FRAME_LIMIT = 1 << 20  # bytes per frame: a bigger one is malformed (publisher refuses it)
 STRATA = ("con", "qfs", "svc")
 PLANES = ("telemetry", "resource", "control", "mgmt")
 _SEGMENT = re.compile(r"^[A-Za-z0-9_.\-]+$")
@@ -193,6 +194,8 @@ class _Decoder:
         if len(frames) != 3:
             raise MalformedMessage(f"expected 3 frames, got {len(frames)}")
         raw_topic, head, raw = frames
+        if len(raw) > FRAME_LIMIT or len(head) > FRAME_LIMIT or len(raw_topic) > FRAME_LIMIT:
+            raise MalformedMessage(f"a frame is over {FRAME_LIMIT} bytes")
         topic_text = self.topics.get(raw_topic)
         if topic_text is None:
             topic_text = self.topic(raw_topic)
