@@ -10,10 +10,11 @@ import math
 
 import numpy as np
 
-from pipeline.block_stages import plan_qber_counts
+from pipeline.block_stages import plan_counts, plan_qber_counts, plan_start_counts
 from pipeline.estimation import DecoySettings, binary_entropy, decoy_core, key_length_core
 from pipeline.keyrate import KeyRateResult, LinkCounts
-from pipeline.ldpc.rate import plan_frame
+from pipeline.ldpc.estimate import expected_sd
+from pipeline.reconciliation import PRE_REVEAL_F, PRE_REVEAL_SD
 from pipeline.verification import hash_repetitions
 from qnode.linkmodel import LinkParams
 
@@ -57,10 +58,12 @@ def expected_node_key_rate(
       the test-basis QBER (``pipeline.postprocess`` ``_close_target``); so ``n_X`` is ``target``
       plus the overshoot of the last event frame (Wald: ``E[n_X] = E[N] * bits per frame``);
     * only ``target`` bits are reconciled, the rest are dropped and paid one bit each;
-    * the leak is the planned syndrome (``m - p`` per LDPC frame, planned at the upper
-      confidence bound of the test-basis QBER of a block's expected Z counts, rounded up,
-      ``pipeline.block_stages.plan_qber_counts``) plus the verification tags; blind-round
-      reveals (rare at the planned efficiency) are not counted.
+    * the leak is the planned syndrome (``m - p`` per LDPC frame, sized for a confidence bound
+      of the test-basis QBER of a block's expected Z counts, rounded up,
+      ``pipeline.block_stages.plan_counts``), plus the punctured rounds Bob asks for before
+      decoding (``pipeline.reconciliation._pre_reveals`` at the key-basis QBER and his
+      estimate's expected spread), plus the verification tags; reveals after failed decodings
+      (a few per cent of frames) are not counted.
 
     The counts are :class:`LinkCounts` (the simulator's model); ``extra`` carries the figures.
     """
@@ -76,14 +79,21 @@ def expected_node_key_rate(
     # counts (pipeline.block_stages.plan_qber_counts; the counts at close, ~block_bits of X).
     z_per_block = block_bits / counts.sifted_x * sum(counts.z)
     qber_plan = plan_qber_counts(z_per_block * qber_z, z_per_block)
-    plan = plan_frame(qber_plan, f_target)
+    plan = plan_counts(z_per_block * qber_z, z_per_block, f_target)
     k = plan.key_bits
+    sd = expected_sd(plan, qber_x)
+    rounds = min(plan.punctured // max(plan.reveal_step, 1), plan.max_reveals)
+    pre = 0
+    if rounds and math.isfinite(sd):
+        need = PRE_REVEAL_F * k * binary_entropy(min(qber_x + PRE_REVEAL_SD * sd, 0.5))
+        pre = min(max(math.ceil((need - plan.leaked(0)) / plan.reveal_step), 0), rounds)
+    frame_leak = plan.leaked(pre * plan.reveal_step)
     ldpc_frames = -(-block_bits // k)
     target = ldpc_frames * k
     per_frame = frame_slots * counts.sifted_x  # key-basis bits per event frame (~Poisson)
     n_x = per_frame * expected_frames_to_fill(target, per_frame, per_frame)
     reps = hash_repetitions(k, eps_cor / ldpc_frames)
-    leak = ldpc_frames * (plan.leaked(0) + 61 * reps + 1)
+    leak = ldpc_frames * (frame_leak + 61 * reps + 1)
     dropped = n_x - target
     pulses = n_x / counts.sifted_x
     arr = lambda xs: tuple(np.array([pulses * c]) for c in xs)  # noqa: E731
@@ -93,12 +103,14 @@ def expected_node_key_rate(
     ell = float(key_length_core(bounds, leak, eps_sec, eps_cor)[0]) - dropped
     ell = min(max(ell, 0.0), float(target))
     rate = ell / pulses
-    f_ec = plan.leaked(0) / (k * binary_entropy(qber_x)) if qber_x > 0 else float("nan")
+    f_ec = frame_leak / (k * binary_entropy(qber_x)) if qber_x > 0 else float("nan")
     return KeyRateResult(
         rate_per_pulse=rate, rate_bps=rate * src.clock_hz, distance_km=params.fibre.length_km,
         block=round(n_x), qber=qber_x, mu=mu, p_mu=p, q_x=1.0 - src.p_basis_z, f_ec=f_ec,
         eps_sec=eps_sec, eps_cor=eps_cor, key_length=math.floor(ell), pulses_per_block=pulses,
         extra={"reconciled_bits": target, "ldpc_frame_bits": k, "dropped_bits": dropped,
-               "leak_bits": leak, "qber_plan": qber_plan, "sifted_x_per_pulse": counts.sifted_x, "qber_z": qber_z,
+               "leak_bits": leak, "qber_plan": qber_plan,
+               "qber_start": plan_start_counts(z_per_block * qber_z, z_per_block),
+               "pre_reveal_rounds": pre, "sifted_x_per_pulse": counts.sifted_x, "qber_z": qber_z,
                "p_bob_z": params.p_bob_z},
     )  # fmt: skip

@@ -35,13 +35,20 @@ import numpy as np
 from .channel import Message, loopback_pair
 from .ldpc.construct import DEFAULT_FRAME_LENGTH
 from .ldpc.decoder import SHORTENED_LLR, BatchDecoder, channel_llr
-from .ldpc.rate import DEFAULT_F_TARGET, DEFAULT_MAX_REVEALS, FramePlan, plan_frame
+from .ldpc.estimate import syndrome_qber
+from .ldpc.rate import DEFAULT_F_TARGET, DEFAULT_MAX_REVEALS, FramePlan, binary_entropy, plan_frame
 from .verification import DEFAULT_EPS_COR, VerifierAlice, VerifierBob
 
 BATCH_BYTES = 64 << 20  # decoder state Bob may hold per batch
 FIRST_ROUND_ITER = 100
 REVEAL_ROUND_ITER = 60  # after a reveal the decoder resumes from its state, so fewer suffice
 STALL_ITERS = 5  # a frame with no new minimum of unsatisfied checks for this long is stuck
+# Bob's reveals before the first decoding: enough punctured rounds that the leak reaches
+# PRE_REVEAL_F * h(q + PRE_REVEAL_SD * sd) per key bit, q and sd his syndrome estimate of the
+# frame's QBER (pipeline.ldpc.estimate). A frame planned below its QBER then starts near where it
+# decodes instead of failing a long first decoding and climbing round by round.
+PRE_REVEAL_F = 1.12
+PRE_REVEAL_SD = 1.0
 
 
 def check_bits(name: str, bits: np.ndarray) -> np.ndarray:
@@ -79,6 +86,8 @@ class _Frames:
     words: np.ndarray | None = None  # (F, n) Alice's full code words / Bob's decoded words
     revealed: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     decoded: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
+    pending: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # Bob: reveals
+    tried: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))  # Bob: decoded once
 
 
 class _Side:
@@ -340,6 +349,7 @@ class ReconcilerBob(_Side):
                 pos = order[batch.revealed[i] : batch.revealed[i] + step]
                 dec.set_llr(int(i), pos, SHORTENED_LLR * (1.0 - 2.0 * v.astype(np.float32)))
                 batch.revealed[i] += step
+            batch.pending[idx] = np.maximum(batch.pending[idx] - 1, 0)
             return self._decode(batch, idx, int(msg["round"]))
         if kind == "verify_tags":
             self._unresolved(frames)
@@ -407,15 +417,23 @@ class ReconcilerBob(_Side):
         self._add_batch(batch)
         self._dec[ids[0]] = BatchDecoder(code, llr, syn)
         batch.decoded = np.zeros(len(ids), bool)
+        batch.tried = np.zeros(len(ids), bool)
+        batch.pending = _pre_reveals(plan, syn, (llr < 0).view(np.uint8))
         return self._decode(batch, np.arange(len(ids)), 0)
 
     def _decode(self, batch: _Frames, idx: np.ndarray, round_: int) -> list[Message]:
+        """Decode the frames of ``idx`` that have no reveals pending; ask for the next round
+        for those that failed and those still pending."""
         first = batch.ids[0]
-        iters = self.first_iter if round_ == 0 else self.reveal_iter
-        bits, ok, _ = self._dec[first].run(idx, max_iter=iters, stall=STALL_ITERS)
-        batch.words[idx] = bits
-        batch.decoded[idx] = ok
-        retry = idx[~ok]
+        ready, waiting = idx[batch.pending[idx] == 0], idx[batch.pending[idx] > 0]
+        retry = waiting
+        if ready.size:
+            iters = self.reveal_iter if batch.tried[ready].all() else self.first_iter
+            bits, ok, _ = self._dec[first].run(ready, max_iter=iters, stall=STALL_ITERS)
+            batch.tried[ready] = True
+            batch.words[ready] = bits
+            batch.decoded[ready] = ok
+            retry = np.sort(np.concatenate([ready[~ok], waiting]))
         if retry.size and round_ < batch.plan.max_reveals:
             frames = [batch.ids[i] for i in retry]
             self._asked[first] = (round_ + 1, tuple(frames))
@@ -529,3 +547,21 @@ def reconcile_loopback(
         messages=a_end.messages_sent + b_end.messages_sent,
         bytes_sent=a_end.bytes_sent + b_end.bytes_sent,
     )
+
+
+def _pre_reveals(plan: FramePlan, syn: np.ndarray, words: np.ndarray) -> np.ndarray:
+    """Punctured rounds each frame asks for before its first decoding (0 without an estimate):
+    enough that the leak ``m - p + r * step`` reaches ``PRE_REVEAL_F * k * h(q + sd)``, ``q``
+    and ``sd`` Bob's syndrome estimate of the frame's QBER."""
+    frames = syn.shape[0]
+    rounds = min(plan.punctured // max(plan.reveal_step, 1), plan.max_reveals)
+    if rounds == 0:
+        return np.zeros(frames, np.int64)
+    q, sd = syndrome_qber(plan, syn, words)
+    need = np.zeros(frames)
+    for i in np.flatnonzero(np.isfinite(q)):
+        need[i] = (
+            PRE_REVEAL_F * plan.key_bits * binary_entropy(min(q[i] + PRE_REVEAL_SD * sd[i], 0.5))
+        )
+    r = np.ceil((need - plan.leaked(0)) / plan.reveal_step)
+    return np.clip(r, 0, rounds).astype(np.int64)

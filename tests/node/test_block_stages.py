@@ -126,7 +126,7 @@ def test_plan_covers_the_true_qber_when_the_test_sample_runs_low():
 def test_alice_plans_the_ldpc_rate_at_the_upper_bound():
     """Alice's reconciler is planned at the bound from the block's test counts, not at the
     point estimate, and the block figures report both."""
-    from pipeline.block_stages import plan_qber_counts
+    from pipeline.block_stages import frame_key_bits_counts, plan_qber_counts
 
     a_in, b_in = _inputs(0.01)
     n_z = 14_000
@@ -138,7 +138,8 @@ def test_alice_plans_the_ldpc_rate_at_the_upper_bound():
     alice.start()
     assert alice.qber_z == pytest.approx(140 / n_z)
     assert alice.qber_plan == plan_qber_counts(140, n_z) > 0.0105
-    assert alice.rec.plan.key_bits == frame_key_bits(alice.qber_plan, a_in.f_target)
+    assert alice.qber_z < alice.qber_start < alice.qber_plan  # syndrome sized lower, same reach
+    assert alice.rec.plan.key_bits == frame_key_bits_counts(140, n_z, a_in.f_target)
 
 
 def test_no_decoded_frame_reports_the_qber_as_unknown_not_as_a_number():

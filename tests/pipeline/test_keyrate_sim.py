@@ -102,14 +102,17 @@ def test_expected_frames_to_fill_matches_a_monte_carlo():
 def test_node_block_prediction_is_the_finite_key_bound_with_the_pipeline_overheads():
     """expected_node_key_rate = Lim's bound on the expected n_X block, leak of the planned LDPC
     frames plus tags, minus the unreconciled tail."""
-    from pipeline.block_stages import frame_key_bits
+    from pipeline.block_stages import frame_key_bits, frame_key_bits_counts
 
     link = lm.preset("snspd").with_distance(10).with_changes(source={"p_basis_z": 0.7})
     node = expected_node_key_rate(link, 200_000, 1 << 19)
     k = node.extra["ldpc_frame_bits"]
-    # planned at the upper confidence bound of the block's expected Z counts, above the mean
-    assert node.extra["qber_plan"] > node.extra["qber_z"]
-    assert k == frame_key_bits(node.extra["qber_plan"]) <= frame_key_bits(node.extra["qber_z"])
+    # reach planned at the upper confidence bound of the block's expected Z counts, above the
+    # mean; the syndrome starts lower, between the two, with extra punctured rounds
+    assert node.extra["qber_plan"] >= node.extra["qber_start"] > node.extra["qber_z"]
+    z = 200_000 / node.extra["sifted_x_per_pulse"] * sum(LinkCounts.from_link(link).z)
+    assert k == frame_key_bits_counts(z * node.extra["qber_z"], z)
+    assert frame_key_bits(node.extra["qber_plan"]) <= frame_key_bits(node.extra["qber_z"])
     assert node.extra["reconciled_bits"] == 2 * k >= 200_000
     assert 0 < node.extra["dropped_bits"] < (1 << 19) * node.extra["sifted_x_per_pulse"]
     n_x = node.extra["reconciled_bits"] + node.extra["dropped_bits"]
