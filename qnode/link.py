@@ -4,8 +4,9 @@ Steps: start ``qnode sim serve --json`` (one world for the link), write a bench 
 config per side into a work directory (Bob's bench gets the clock and the fibre delay of the
 world's link), start Alice's node, wait until her source emits (switching the source on starts a
 new run of the world), start Bob's node, watch both telemetry hubs until the duration or key
-count is reached, then pause both nodes, let the last commits settle and compare the two key
-stores: the same committed blocks, and a SHA-256 over all key material in block order on each side.
+count is reached, then pause both nodes, let the last commits settle (until Bob has no frame or
+block in flight), stop the nodes and compare the two key stores as they are left: the same
+committed blocks, and a SHA-256 over all key material in block order on each side.
 Processes are separate (``python -m qnode node``), exactly as on two hosts.
 """
 
