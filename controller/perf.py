@@ -1,7 +1,8 @@
 """``qnode perf`` rows of the controller: ``telemetry`` (bus PUB->SUB) and ``kms`` (ETSI 014).
 
 - ``telemetry``: a publisher process (``qnode.bus.Publisher``) and a subscriber
-  (``qnode.bus.Subscriber``: validate topic and header, count sequence gaps) on loopback TCP.
+  (``qnode.bus.Subscriber.recv_batch``: validate topic and header, count sequence gaps; frames
+  read by the native drain of ``qnode.bus_drain``, ``drain`` says which) on loopback TCP.
   Blast rate (``msgs_per_s`` received, ``lost``) with the payload decoded lazily and again with
   every payload decoded, CPU time per message on each side (wall-clock rates depend on the
   machine's load, CPU time much less), and latency at a paced 10 k msg/s (``p50_ms``/``p99_ms``
@@ -125,6 +126,7 @@ def _telemetry_run(n: int, rate: float, lazy: bool = True) -> dict[str, Any]:
             first_batch = received
     sub_cpu = (time.thread_time() - cpu0) * 1e6 / max(received, 1)
     sub_proc = (time.process_time() - proc0) * 1e6 / max(received, 1)  # + ZeroMQ I/O thread
+    native = sub._drainer is not None
     proc.join(10)
     lost = n - received
     sub.close()
@@ -136,6 +138,7 @@ def _telemetry_run(n: int, rate: float, lazy: bool = True) -> dict[str, Any]:
         "sub_cpu_us": round(sub_cpu, 2),
         "sub_proc_cpu_us": round(sub_proc, 2),
         "pub_cpu_us": round(pub_cpu, 2) if pub_cpu is not None else None,
+        "drain": "native" if native else "python",
     }
     if rate <= 0:
         rated = received - first_batch  # messages that arrived after t_first
@@ -159,6 +162,7 @@ def telemetry_row(quick: bool = False) -> dict[str, Any]:
         "impl": "qnode",
         "transport": "tcp loopback, separate processes",
         "hwm": _HWM,
+        "drain": blast["drain"],  # recv_batch's frame reader (qnode.bus_drain, or pure Python)
         "msgs_per_s": blast["msgs_per_s"],
         "lost": blast["lost"],
         "gaps_counted": blast["gaps_counted"],
