@@ -244,7 +244,9 @@ class BobBlock(_Common):
         reason = self._check_abort()
         if reason:
             return self.fail(reason)
-        self.rec = ReconcilerBob(self.data.block, eps_cor=self.data.eps_cor)
+        self.rec = ReconcilerBob(
+            self.data.block, eps_cor=self.data.eps_cor, pre_reveal_f=self.data.f_target
+        )
         self.rec.start(self.data.key_bits)
         self._reported = False
         self._frame_bits = 0

@@ -14,7 +14,7 @@ from pipeline.block_stages import plan_counts, plan_qber_counts, plan_start_coun
 from pipeline.estimation import DecoySettings, binary_entropy, decoy_core, key_length_core
 from pipeline.keyrate import KeyRateResult, LinkCounts
 from pipeline.ldpc.estimate import expected_sd
-from pipeline.reconciliation import PRE_REVEAL_F, PRE_REVEAL_SD
+from pipeline.reconciliation import PRE_REVEAL_SD
 from pipeline.verification import hash_repetitions
 from qnode.linkmodel import LinkParams
 
@@ -85,8 +85,8 @@ def expected_node_key_rate(
     rounds = min(plan.punctured // max(plan.reveal_step, 1), plan.max_reveals)
     pre = 0
     if rounds and math.isfinite(sd):
-        need = PRE_REVEAL_F * k * binary_entropy(min(qber_x + PRE_REVEAL_SD * sd, 0.5))
-        pre = min(max(math.ceil((need - plan.leaked(0)) / plan.reveal_step), 0), rounds)
+        need = f_target * k * binary_entropy(min(qber_x + PRE_REVEAL_SD * sd, 0.5))
+        pre = min(max(math.ceil((need - plan.leaked(0)) / plan.reveal_step), 0), rounds - 1)
     frame_leak = plan.leaked(pre * plan.reveal_step)
     ldpc_frames = -(-block_bits // k)
     target = ldpc_frames * k

@@ -44,10 +44,11 @@ FIRST_ROUND_ITER = 100
 REVEAL_ROUND_ITER = 60  # after a reveal the decoder resumes from its state, so fewer suffice
 STALL_ITERS = 5  # a frame with no new minimum of unsatisfied checks for this long is stuck
 # Bob's reveals before the first decoding: enough punctured rounds that the leak reaches
-# PRE_REVEAL_F * h(q + PRE_REVEAL_SD * sd) per key bit, q and sd his syndrome estimate of the
-# frame's QBER (pipeline.ldpc.estimate). A frame planned below its QBER then starts near where it
+# pre_reveal_f * h(q + PRE_REVEAL_SD * sd) per key bit, q and sd his syndrome estimate of the
+# frame's QBER (pipeline.ldpc.estimate), pre_reveal_f the target efficiency Alice plans with
+# (PRE_REVEAL_F when not given). A frame planned below its QBER then starts near where it
 # decodes instead of failing a long first decoding and climbing round by round.
-PRE_REVEAL_F = 1.12
+PRE_REVEAL_F = DEFAULT_F_TARGET
 PRE_REVEAL_SD = 1.0
 
 
@@ -303,9 +304,11 @@ class ReconcilerBob(_Side):
         eps_cor: float = DEFAULT_EPS_COR,
         first_iter: int = FIRST_ROUND_ITER,
         reveal_iter: int = REVEAL_ROUND_ITER,
+        pre_reveal_f: float | None = None,
     ):
         super().__init__(block, eps_cor)
         self.first_iter, self.reveal_iter = first_iter, reveal_iter
+        self.pre_reveal_f = PRE_REVEAL_F if pre_reveal_f is None else float(pre_reveal_f)
         self.verifier: VerifierBob | None = None
         self.bits: np.ndarray | None = None
         self._dec: dict[int, BatchDecoder] = {}  # live decoder state per unresolved batch
@@ -415,10 +418,10 @@ class ReconcilerBob(_Side):
             plan, ids, np.zeros((len(ids), code.n), np.uint8), np.zeros(len(ids), np.int64)
         )
         self._add_batch(batch)
-        self._dec[ids[0]] = BatchDecoder(code, llr, syn)
+        self._dec[ids[0]] = BatchDecoder(code, llr, syn, skip_columns=plan.shortened_columns())
         batch.decoded = np.zeros(len(ids), bool)
         batch.tried = np.zeros(len(ids), bool)
-        batch.pending = _pre_reveals(plan, syn, (llr < 0).view(np.uint8))
+        batch.pending = _pre_reveals(plan, syn, (llr < 0).view(np.uint8), self.pre_reveal_f)
         return self._decode(batch, np.arange(len(ids)), 0)
 
     def _decode(self, batch: _Frames, idx: np.ndarray, round_: int) -> list[Message]:
@@ -516,7 +519,7 @@ def reconcile_loopback(
         rng=np.random.default_rng(seed),
         start_qber=start_qber,
     )
-    bob = ReconcilerBob(0, eps_cor=eps_cor)
+    bob = ReconcilerBob(0, eps_cor=eps_cor, pre_reveal_f=f_target)
     a_end, b_end = loopback_pair()
     bob.start(bob_bits)
     for m in alice.start(alice_bits):
@@ -549,10 +552,12 @@ def reconcile_loopback(
     )
 
 
-def _pre_reveals(plan: FramePlan, syn: np.ndarray, words: np.ndarray) -> np.ndarray:
+def _pre_reveals(
+    plan: FramePlan, syn: np.ndarray, words: np.ndarray, f_target: float = PRE_REVEAL_F
+) -> np.ndarray:
     """Punctured rounds each frame asks for before its first decoding (0 without an estimate):
-    enough that the leak ``m - p + r * step`` reaches ``PRE_REVEAL_F * k * h(q + sd)``, ``q``
-    and ``sd`` Bob's syndrome estimate of the frame's QBER."""
+    enough that the leak ``m - p + r * step`` reaches ``f_target * k * h(q + sd)``, ``q`` and
+    ``sd`` Bob's syndrome estimate of the frame's QBER."""
     frames = syn.shape[0]
     rounds = min(plan.punctured // max(plan.reveal_step, 1), plan.max_reveals)
     if rounds == 0:
@@ -560,8 +565,7 @@ def _pre_reveals(plan: FramePlan, syn: np.ndarray, words: np.ndarray) -> np.ndar
     q, sd = syndrome_qber(plan, syn, words)
     need = np.zeros(frames)
     for i in np.flatnonzero(np.isfinite(q)):
-        need[i] = (
-            PRE_REVEAL_F * plan.key_bits * binary_entropy(min(q[i] + PRE_REVEAL_SD * sd[i], 0.5))
-        )
+        need[i] = f_target * plan.key_bits * binary_entropy(min(q[i] + PRE_REVEAL_SD * sd[i], 0.5))
     r = np.ceil((need - plan.leaked(0)) / plan.reveal_step)
-    return np.clip(r, 0, rounds).astype(np.int64)
+    # one punctured round stays for after a failed first decoding
+    return np.clip(r, 0, rounds - 1).astype(np.int64)

@@ -49,6 +49,7 @@ class BatchDecoder:
         method: str = "spa",
         alpha: float = 1.0,
         beta: float = 1.0,
+        skip_columns: np.ndarray | None = None,
     ) -> None:
         llr = np.array(llr, dtype=np.float32, order="C")  # own copy
         syn = np.ascontiguousarray(syndromes, dtype=np.uint8)
@@ -60,7 +61,9 @@ class BatchDecoder:
             raise ValueError(f"syndromes must be ({llr.shape[0]}, {code.m}), got {syn.shape}")
         self.code, self.llr, self.syn = code, llr, syn
         self.post = llr.copy()
-        self.msg = np.zeros((llr.shape[0], code.n_edges), dtype=np.float32)
+        self._tables = _tables(code, skip_columns)
+        n_edges = self._tables[1].size * code.z
+        self.msg = np.zeros((llr.shape[0], n_edges), dtype=np.float32)
         self._args = (method == "spa", np.float32(alpha), np.float32(beta))
 
     def set_llr(self, frame: int, positions: np.ndarray, values: np.ndarray) -> None:
@@ -80,11 +83,29 @@ class BatchDecoder:
         whether each decision satisfies its syndrome, and the iterations of this call.
         """
         sel = np.arange(self.llr.shape[0]) if frames is None else np.asarray(frames, np.int64)
-        code = self.code
+        row_ptr, edge_col, edge_shift = self._tables
         return decode_batch_kernel(
-            self.post, self.msg, self.syn, sel.astype(np.int64), code.row_ptr, code.edge_col,
-            code.edge_shift, code.z, int(max_iter), int(stall), *self._args,
+            self.post, self.msg, self.syn, sel.astype(np.int64), row_ptr, edge_col, edge_shift,
+            self.code.z, int(max_iter), int(stall), *self._args,
         )  # fmt: skip
+
+
+def _tables(
+    code: QCCode, skip_columns: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The code's edge tables without the edges of ``skip_columns`` (base columns whose bits
+    are all shortened, i.e. known zeros: their edges add nothing to a check's syndrome sum and
+    their messages would stay at the known value, so leaving them out is exact)."""
+    if skip_columns is None or len(skip_columns) == 0:
+        return code.row_ptr, code.edge_col, code.edge_shift
+    skip = np.asarray(skip_columns, np.int64)
+    if skip.min() < 0 or skip.max() >= code.shifts.shape[1]:
+        raise ValueError(f"skip_columns outside the {code.shifts.shape[1]} base columns")
+    keep = ~np.isin(code.edge_col, skip)
+    rows = np.repeat(np.arange(code.row_ptr.size - 1), np.diff(code.row_ptr))[keep]
+    row_ptr = np.zeros(code.row_ptr.size, np.int64)
+    np.cumsum(np.bincount(rows, minlength=code.row_ptr.size - 1), out=row_ptr[1:])
+    return row_ptr, code.edge_col[keep].copy(), code.edge_shift[keep].copy()
 
 
 def decode_batch(

@@ -99,6 +99,11 @@ class FramePlan:
         """(punctured, shortened, key, reveal order) positions; key positions sorted."""
         return _layout(self.code_name, self.punctured, self.shortened)
 
+    def shortened_columns(self) -> np.ndarray:
+        """Base columns whose ``Z`` positions are all shortened: their edges carry nothing
+        (known zeros) and the decoder leaves them out."""
+        return _shortened_columns(self.code_name, self.shortened)
+
     def to_wire(self) -> dict[str, int | str]:
         return {
             "code": self.code_name,
@@ -127,16 +132,41 @@ LAYOUT_CACHE_SIZE = 16
 
 @lru_cache(maxsize=LAYOUT_CACHE_SIZE)
 def _layout(name: str, p: int, s: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Shortened positions fill whole base columns (:func:`shortened_order`), so the decoder
+    can drop those columns' edges (12 % of the work of a frame shortened by 15 %); punctured and
+    key positions follow :func:`position_order` among the rest."""
     code = load_code(name)
+    short = np.sort(shortened_order(code)[:s])
+    free = np.ones(code.n, bool)
+    free[short] = False
     order = position_order(code)
+    order = order[free[order]]
     punct = np.sort(order[:p])
-    short = np.sort(order[p : p + s])
-    rest = order[p + s :]
+    rest = order[p:]
     key = np.sort(rest)
     reveal = np.concatenate([order[:p], rest])  # punctured first, then key bits
     for a in (punct, short, key, reveal):
         a.setflags(write=False)
     return punct, short, key, reveal
+
+
+def shortened_order(code: QCCode) -> np.ndarray:
+    """Order in which positions are shortened: whole base columns in a fixed pseudo-random
+    column order (each column's lanes in a fixed pseudo-random order, which only matters for the
+    last, partly shortened column). The same on both sides."""
+    seed = (int.from_bytes(code.name.encode(), "little") + 1) % (2**63)
+    rng = np.random.default_rng(seed)
+    cols = rng.permutation(code.shifts.shape[1])
+    lanes = rng.permutation(code.z)
+    return (cols[:, None] * code.z + lanes[None, :]).ravel()
+
+
+@lru_cache(maxsize=LAYOUT_CACHE_SIZE)
+def _shortened_columns(name: str, s: int) -> np.ndarray:
+    code = load_code(name)
+    cols = np.sort(shortened_order(code)[: (s // code.z) * code.z : code.z] // code.z)
+    cols.setflags(write=False)
+    return cols
 
 
 def position_order(code: QCCode) -> np.ndarray:
