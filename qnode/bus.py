@@ -247,6 +247,8 @@ class Subscriber:
                 if seq <= floor:
                     return False
                 del self._floor[key]
+                # the snapshot delivered up to floor: count gaps from there, not from before
+                stats.last_seq[key] = max(stats.last_seq.get(key, floor), floor)
         last = stats.last_seq.get(key)
         if last is not None:
             if seq > last + 1:
