@@ -12,10 +12,13 @@ How it stays fast (work scales with the clicks, not the pulses): one sequential 
 the slots, with dead time applied as clicks are drawn. Candidate slots come with geometric gaps
 (ziggurat exponential, ``sim_hw.variates``) at ``p(L)``, the largest per-slot probability that
 a detector of the live set ``L`` clicks, and are thinned to the slot's own probability; when
-``L`` changes (a click, a dead time ending) the gap restarts there, which is exact for
-independent per-slot trials. Clicks a dead detector would have made are never drawn (at 1 GHz
-over 10 km with the snspd preset, half of all primary clicks). Each click is stamped and
-inserted in time order in the same pass. Every random draw comes from a counter-based
+``L`` changes the gap follows: after a click it restarts there, and as dead times end the
+hazard ``-log(1 - p(L))`` is piecewise constant, so the first success is where its sum
+passes an Exp(1) draw (exact for independent per-slot trials). Clicks a dead detector would
+have made are never drawn (at 1 GHz over 10 km with the snspd preset, half of all primary
+clicks). Each click is stamped and inserted in time order in the same pass. The kernel takes
+the ziggurat tables as module constants: passed as arguments into the inlined draws, numba
+refcounts them inside the loop (measured 2x slower). Every random draw comes from a counter-based
 splitmix64 stream whose position is part of the carried state (with dead time and pending
 afterpulses), or for afterpulses is keyed by (seed, slot, detector), so output depends only on
 the seed, the parameters in force and the calls made: contiguous calls give the same detections
@@ -117,37 +120,52 @@ def _next_revival(dead_until, x):
 
 
 @njit(cache=True, inline="always")
-def _draw(pos, inv_rate, state, zig_w, zig_k, zig_f):
-    """The next candidate slot after ``pos`` for per-slot probability ``p`` (``inv_rate`` =
-    -1/log(1-p), < 0 for p = 0): ``pos + 1 + floor(E / -log(1-p))`` is geometric."""
-    if inv_rate < 0.0:
-        return _NO_SLOT, state
-    e, state = standard_exponential(state, zig_w, zig_k, zig_f)
-    gap = e * inv_rate
-    if gap >= _MAX_GAP:
-        return _NO_SLOT, state
-    return pos + 1 + np.int64(gap), state
+def _draw(pos, live, rev, dead_until, hazard, state):
+    """The next candidate slot after ``pos`` (and the live set and next revival there): the
+    first success of independent per-slot trials whose probability ``p(L)`` follows the live
+    set ``L`` (``live`` up to slot ``rev`` - 1) as dead times end.
+
+    With hazard ``h(L) = -log(1 - p(L))`` per slot, the first success is the first slot where
+    the cumulative hazard from ``pos`` exceeds an Exp(1) draw (``floor(E / h)`` for constant
+    ``h``); the live set is constant between revivals, so the hazard is piecewise linear.
+    """
+    e, state = standard_exponential(state, ZIG_W, ZIG_K, ZIG_F)
+    x = pos
+    while True:
+        h = hazard[live]
+        span = rev - 1 - x  # slots x + 1 .. rev - 1 have this live set
+        if h > 0.0:
+            g = e * hazard[16 + live]
+            if g < span:
+                if g >= _MAX_GAP:
+                    return _NO_SLOT, live, rev, state
+                return x + 1 + np.int64(g), live, rev, state
+            e = max(0.0, e - h * span)
+        if rev == _NO_SLOT:
+            return _NO_SLOT, live, rev, state
+        x = rev - 1
+        live = _live_mask(dead_until, rev)
+        rev = _next_revival(dead_until, rev)
 
 
 @njit(cache=True, nogil=True)
 def _simulate_kernel(
     end_slot, st, rng, dead_until, heap, heap_size, sym_ka, sym_kb, t_z, t_s, t_sd,
-    inv_rate, acc0, acc, split1, split2, n_dead, p_ap, ap_window, ap_ka, ap_kb,
+    hazard, acc0, acc, split1, split2, n_dead, p_ap, ap_window, ap_ka, ap_kb,
     jitter_ps, period_int, period_frac, delay_ps,
-    zig_w, zig_k, zig_f, nzig_w, nzig_k, nzig_f, out_slot, out_chan, out_time, n_out,
+    out_slot, out_chan, out_time, n_out,
 ):  # fmt: skip
     """Bob's clicks up to ``end_slot``, in slot order, dead time applied as they are drawn.
 
     Loop state (resumable, so any split of a range gives the same clicks): ``st = [pos,
-    cand]``, the candidate slot ``cand`` drawn after ``pos`` at the rate of the detectors live
-    in slot ``pos + 1``; ``rng[0]`` the splitmix64 state. Candidates are Bernoulli trials per
-    slot at ``p(L)``, the largest probability over the 12 symbols that a detector of the live
-    set ``L`` clicks; a candidate is accepted with the slot's own probability over ``p(L)``
-    (table ``acc``, ``acc0`` for Bob's Z basis) and gets its pattern on the live detectors of
-    the chosen basis (``split1``/``split2``). When ``L`` changes (a click, a detector's dead
-    time ends) the pending candidate is drawn again from there: the trials are independent,
-    so restarting the geometric gap at any slot is exact. Clicks swallowed by dead time are
-    never drawn. Pending afterpulses (heap of ``slot * 4 + detector``) click if the detector
+    cand]``, the candidate slot ``cand`` drawn after ``pos`` (``_draw``); ``rng[0]`` the
+    splitmix64 state. Candidates are Bernoulli trials per slot at ``p(L)``, the largest
+    probability over the 12 symbols that a detector of the live set ``L`` clicks; a candidate
+    is accepted with the slot's own probability over ``p(L)`` (table ``acc``, ``acc0`` for
+    Bob's Z basis) and gets its pattern on the live detectors of the chosen basis
+    (``split1``/``split2``). After a click (or a used candidate) the next candidate is drawn
+    afresh from there: the trials are independent, so restarting at any slot is exact.
+    Clicks swallowed by dead time are never drawn. Pending afterpulses (heap of ``slot * 4 + detector``) click if the detector
     is live. Each click is stamped ``slot * period + delay + round(N(0, jitter))`` (jitter from
     the stream) and inserted in time order.
 
@@ -161,22 +179,17 @@ def _simulate_kernel(
     cap = out_slot.size
     full = False
     unsorted = False
-    live = _live_mask(dead_until, pos + 1)
-    rev = _next_revival(dead_until, pos + 1)
     while heap_size > 0 and heap[0] >> 2 <= pos:  # afterpulses of skipped slots: dropped
         _, heap_size = _heap_pop(heap, heap_size)
+    live = _live_mask(dead_until, pos + 1)
+    rev = _next_revival(dead_until, pos + 1)
     if cand <= pos:  # a fresh start, a skip or new parameters: draw from here
-        cand, state = _draw(pos, inv_rate[live], state, zig_w, zig_k, zig_f)
+        cand, live, rev, state = _draw(pos, live, rev, dead_until, hazard, state)
+    elif cand < _NO_SLOT:
+        live = _live_mask(dead_until, cand)
+        rev = _next_revival(dead_until, cand)
     top = heap[0] >> 2 if heap_size > 0 else _NO_SLOT
     while True:
-        if rev <= cand and rev <= top:  # a detector's dead time ends: new rate from there
-            if rev >= end_slot:
-                break
-            pos = rev - 1
-            live = _live_mask(dead_until, rev)
-            rev = _next_revival(dead_until, rev)
-            cand, state = _draw(pos, inv_rate[live], state, zig_w, zig_k, zig_f)
-            continue
         s = min(cand, top)
         if s >= end_slot:
             break
@@ -197,6 +210,7 @@ def _simulate_kernel(
             pair = (1 + np.int64(v >= split1[j]) + np.int64(v >= split2[j])) << (2 * b)
             prim = pair if u < acc[i] else 0  # branch-free: acceptance is random
         mask = prim
+        pulsed = top == s
         while heap_size > 0 and heap[0] >> 2 == s:
             entry, heap_size = _heap_pop(heap, heap_size)
             mask |= 1 << (entry & 3)
@@ -215,7 +229,7 @@ def _simulate_kernel(
                     heap_size = _heap_push(heap, heap_size, (s + delay) * 4 + d)
             t = s * period_int + delay_ps + int(math.floor(s * period_frac + 0.5))
             if jitter_ps > 0.0:
-                g, state = standard_normal(state, nzig_w, nzig_k, nzig_f)
+                g, state = standard_normal(state, NZIG_W, NZIG_K, NZIG_F)
                 t += int(math.floor(jitter_ps * g + 0.5))
             k = n_out
             while k > 0 and out_time[k - 1] > t and n_out - k < _MAX_SHIFT:
@@ -230,12 +244,15 @@ def _simulate_kernel(
             out_chan[k] = d + 1
             n_out += 1
         top = heap[0] >> 2 if heap_size > 0 else _NO_SLOT
-        if consumed or clicked:  # new rate (or the candidate used): draw from here
-            if n_dead > 0:
+        if consumed or clicked:  # the candidate used, or new dead times: draw from here
+            if pulsed:  # afterpulses: the live set at s + 1 afresh
+                live = _live_mask(dead_until, s + 1)
+                rev = _next_revival(dead_until, s + 1)
+            elif n_dead > 0:
                 live &= ~clicked
                 rev = min(rev, s + n_dead + 1)
             pos = s
-            cand, state = _draw(pos, inv_rate[live], state, zig_w, zig_k, zig_f)
+            cand, live, rev, state = _draw(pos, live, rev, dead_until, hazard, state)
     st[0] = pos
     st[1] = cand
     rng[0] = state
@@ -305,8 +322,8 @@ class LinkSimulator:
         from ``qnode.linkmodel``'s primary click probabilities so the model and the sampler
         agree: per slot, Bob's basis b (Z with ``p_bob_z``) gates detectors 2b, 2b+1, which
         click independently; only clicks of live detectors are drawn (a dead one's would be
-        swallowed). ``inv_rate[L]`` for the candidate rate ``p(L)`` = the largest P(a live
-        detector clicks) over the symbols; ``acc0``/``acc`` the cumulative P(click in Z), P(any
+        swallowed). ``hazard[L]`` = -log(1 - p(L)) (then its inverse) for the candidate
+        rate ``p(L)`` = the largest P(a live detector clicks) over the symbols; ``acc0``/``acc`` the cumulative P(click in Z), P(any
         click) over ``p(L)``; per basis, ``split1``/``split2`` the conditional probabilities that
         only the bit-0 detector / at most one detector of the live pair clicked."""
         c = np.zeros((12, 2, 2))  # symbol, Bob's basis, bit: the detector's click probability
@@ -331,8 +348,8 @@ class LinkSimulator:
         self._acc0 = (q[..., 0] / safe_rate).ravel()
         self._acc = (total / safe_rate).ravel()
         with np.errstate(divide="ignore"):
-            inv = -1.0 / np.log1p(-np.minimum(rate, 1.0))
-        self._inv_rate = np.where(rate > 0, inv, -1.0)  # p = 1: 0 (every slot); p = 0: never
+            h = -np.log1p(-np.minimum(rate, 1.0))  # p = 1: inf (every slot)
+            self._hazard = np.concatenate([h, 1.0 / h])  # hazard, then its inverse
         safe = np.where(p_pair > 0, p_pair, 1.0)
         self._split1 = (c0 * (1.0 - c1) / safe).ravel()
         self._split2 = ((c0 * (1.0 - c1) + c1 * (1.0 - c0)) / safe).ravel()
@@ -455,10 +472,10 @@ class LinkSimulator:
         while True:
             n_out, self._heap_size, full, late = _simulate_kernel(
                 end, self._loop, self._rng, self._dead_until, self._heap, self._heap_size,
-                *self._sym_keys, *self._thresholds, self._inv_rate, self._acc0, self._acc,
+                *self._sym_keys, *self._thresholds, self._hazard, self._acc0, self._acc,
                 self._split1, self._split2, self._n_dead, rx.afterpulse_prob, self._ap_window,
                 *self._ap_keys, rx.jitter_ps, self._period_int,
-                self._period_frac, self._delay_ps, ZIG_W, ZIG_K, ZIG_F, NZIG_W, NZIG_K, NZIG_F,
+                self._period_frac, self._delay_ps,
                 slot, chan, time_ps, n_out,
             )  # fmt: skip
             unsorted |= late
