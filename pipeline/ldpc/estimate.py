@@ -16,6 +16,7 @@ from __future__ import annotations
 from functools import lru_cache
 
 import numpy as np
+from numba import njit
 
 from .codes import QCCode
 from .rate import LAYOUT_CACHE_SIZE, FramePlan
@@ -31,14 +32,7 @@ def _check_stats(plan: FramePlan) -> tuple[np.ndarray, np.ndarray]:
     kind = np.zeros(code.n, np.int8)  # 0 key, 1 punctured, 2 shortened
     kind[punct] = 1
     kind[short] = 2
-    z = code.z
-    lanes = np.arange(z)
-    rows = np.repeat(np.arange(code.row_ptr.size - 1), np.diff(code.row_ptr))
-    checks = (rows[:, None] * z + lanes[None, :]).ravel()
-    var = (code.edge_col[:, None] * z + (lanes[None, :] + code.edge_shift[:, None]) % z).ravel()
-    k_var = kind[var]
-    n_punct = np.bincount(checks, weights=k_var == 1, minlength=code.m)
-    n_key = np.bincount(checks, weights=k_var == 0, minlength=code.m).astype(np.int64)
+    n_punct, n_key = _per_check(kind, code.row_ptr, code.edge_col, code.edge_shift, code.z)
     usable = n_punct == 0
     degs, counts = np.unique(n_key[usable], return_counts=True)
     usable.setflags(write=False)
@@ -87,3 +81,19 @@ def expected_sd(plan: FramePlan, qber: float) -> float:
     pc = (1.0 - (1.0 - 2.0 * qber) ** degs) / 2.0
     slope = (counts * degs * (1.0 - 2.0 * qber) ** (degs - 1.0)).sum()
     return float(np.sqrt((counts * pc * (1.0 - pc)).sum()) / max(slope, 1e-12))
+
+
+@njit(cache=True)
+def _per_check(kind, row_ptr, edge_col, edge_shift, z):
+    """Per check: how many punctured (kind 1) and key (kind 0) variables it has."""
+    m = (row_ptr.size - 1) * z
+    n_punct = np.zeros(m, np.int32)
+    n_key = np.zeros(m, np.int32)
+    for r in range(row_ptr.size - 1):
+        for e in range(row_ptr[r], row_ptr[r + 1]):
+            base, s = edge_col[e] * z, edge_shift[e]
+            for k in range(z):
+                v = kind[base + (k + s) % z]
+                n_punct[r * z + k] += v == 1
+                n_key[r * z + k] += v == 0
+    return n_punct, n_key

@@ -192,7 +192,8 @@ def plan_frame(
     shortening. Among the codes whose puncturing and shortening stay within ``MAX_PUNCTURED`` /
     ``MAX_SHORTENED`` the one with the least adaptation wins (Elkouss et al. 2010: small
     ``d = p + s`` keeps f low), puncturing beyond the reveal budget counting five-fold because
-    it costs BP far more than shortening.
+    it costs BP far more than shortening (which counts half: whole shortened columns leave
+    the decoder's graph).
 
     ``start_qber`` (<= ``qber_estimate``) starts the frame lower: the syndrome is sized for
     ``f_target`` at ``start_qber`` and enough extra punctured rounds (``reveal_step`` each, at
@@ -255,7 +256,11 @@ def _plan_frame(
             p, s = math.ceil((m - lam * n) / (1.0 - lam)), 0
         if p > MAX_PUNCTURED * n or s > MAX_SHORTENED * n or n - p - s <= 0:
             continue
-        cost = (5 * p - 4 * budget + s) / n  # puncturing beyond the reveal budget weighs 5x
+        # puncturing beyond the reveal budget weighs 5x; shortening half (whole shortened
+        # columns leave the decoder's graph, so it costs no CPU; at 1.3-1.4 % this picks the
+        # R 0.9 code shortened by ~20 % over the R 0.85 code punctured by ~4 %: less decoder
+        # CPU per key bit at the same f, and Bob's syndrome estimate keeps more checks)
+        cost = (5 * p - 4 * budget + 0.5 * s) / n
         if best is None or cost < best[0]:
             best = (cost, name, p, s, step, extra)
     if best is None:
