@@ -423,14 +423,14 @@ class Subscriber:
         """One native drain of up to ``max_messages`` messages, decoded and gap-counted here."""
         if self._sock.closed:  # the native call must never see a freed socket handle
             raise zmq.ZMQError(zmq.ENOTSOCK)
-        data, rows = self._drainer.drain(max_messages)
-        if not rows:
+        data, columns = self._drainer.drain(max_messages)
+        if not columns:
             return
         dec, stats, append = self._decoder, self.stats, out.append
         topics, prefixes, last_seq = dec.topics, dec.prefixes, stats.last_seq
         lazy, on_bad, floor = self.lazy_payload, self._on_bad, self._floor
         topic_text = known = None
-        for t0, t1, h1, p1, nframes, seq, ts_ns, fast, same in rows:
+        for t0, t1, h1, p1, nframes, seq, ts_ns, fast, same in zip(*columns, strict=True):
             if fast == 1:
                 # SAME bits: topic / header prefix as the previous message's (no look-up)
                 if not same & 1 or topic_text is None:

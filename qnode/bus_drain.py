@@ -142,7 +142,10 @@ class Drainer:
         self._meta = np.zeros((1024, _COLS), np.int64)
 
     def drain(self, maxn: int) -> tuple[bytes, list[list[int]]]:
-        """(the frames' bytes, one meta row per message) for up to ``maxn`` queued messages;
+        """(the frames' bytes, the meta columns: one list per column, one entry per message)
+        for up to ``maxn`` queued messages. Columns, not rows: ``zip(*columns)`` reuses its
+        tuple, where a list per message would be one more object for Python's cyclic GC to
+        track per message (in a big process its collections cost more than the decoding);
         raise ``zmq.ZMQError`` for an error other than an empty queue."""
         if maxn > len(self._meta):
             self._meta = np.zeros((maxn, _COLS), np.int64)
@@ -155,7 +158,7 @@ class Drainer:
             raise zmq.ContextTerminated() if err == zmq.ETERM else zmq.ZMQError(err)
         if n == 0:
             return b"", []  # maxn == 0 reads nothing (used to warm the kernel up)
-        return self._buf[:used].tobytes(), self._meta[:n].tolist()
+        return self._buf[:used].tobytes(), self._meta[:n].T.tolist()
 
 
 class _Lib:
