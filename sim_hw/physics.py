@@ -269,6 +269,7 @@ class SimState(NamedTuple):
     pos: int = -1  # ... and its pending candidate slot ``cand``, drawn after ``pos`` ...
     cand: int = -1
     table: int = -1  # ... with the rate table of this generation (else drawn again)
+    density: float = -1.0  # clicks per slot of the call that ended here (-1: none yet)
 
 
 def _stream_keys(seed: int, tag: int) -> tuple[np.uint64, np.uint64]:
@@ -381,6 +382,7 @@ class LinkSimulator:
         self._rng = np.array([self._rng_key], dtype=np.uint64)
         self._loop = np.array([-1, -1], dtype=np.int64)  # pos, cand (see _simulate_kernel)
         self._drawn_with = -1  # table generation the pending candidate was drawn with
+        self._density = -1.0
 
     def snapshot(self) -> SimState:
         """The state carried between calls (dead time, pending afterpulses, next slot, the
@@ -392,7 +394,8 @@ class LinkSimulator:
         size = self._heap_size
         pos, cand = (int(v) for v in self._loop)
         return SimState(self._next_slot, self._dead_until.copy(), self._heap[:size].copy(),
-                        int(self._rng[0]), pos, cand, self._drawn_with)  # fmt: skip
+                        int(self._rng[0]), pos, cand, self._drawn_with,
+                        self._density)  # fmt: skip
 
     def restore(self, state: SimState | None) -> None:
         """Continue from ``state`` (None: a fresh run, as after ``reset``)."""
@@ -407,6 +410,7 @@ class LinkSimulator:
         self._rng = np.array([state.rng], dtype=np.uint64)
         self._loop = np.array([state.pos, state.cand], dtype=np.int64)
         self._drawn_with = int(state.table)
+        self._density = float(state.density)
 
     @property
     def params(self) -> lm.LinkParams:
@@ -485,6 +489,7 @@ class LinkSimulator:
                 a.resize(2 * a.size, refcheck=False)
         for a in (slot, chan, time_ps):
             a.resize(n_out, refcheck=False)
+        self._density = n_out / n_slots
         if unsorted:  # jitter far larger than the gap between neighbours
             order = np.argsort(time_ps, kind="stable")
             slot, chan, time_ps = slot[order], chan[order], time_ps[order]
