@@ -44,6 +44,7 @@ from qnode.bus_wire import (  # noqa: F401  (re-exported: the bus's public names
     STRATA,
     BusMessage,
     MalformedMessage,
+    MessageBatch,
     TopicError,
     _Decoder,
     _header_prefix,
@@ -373,12 +374,11 @@ class Subscriber:
                 self.stats.received += 1
                 return msg
 
-    def recv_batch(
-        self, max_messages: int = 1024, timeout_ms: int | None = None
-    ) -> list[BusMessage]:
-        """Up to ``max_messages`` valid messages, [] on timeout: drain what is queued without
-        blocking (at most ``max_messages`` reads per round, dropped ones included); poll only
-        when a round found nothing valid, until ``timeout_ms`` has passed.
+    def recv_batch(self, max_messages: int = 1024, timeout_ms: int | None = None) -> MessageBatch:
+        """Up to ``max_messages`` valid messages (a :class:`MessageBatch`, empty on timeout):
+        drain what is queued without blocking (at most ``max_messages`` reads per round, dropped
+        ones included); poll only when a round found nothing valid, until ``timeout_ms`` has
+        passed. Every message is validated and gap-counted here; its object is built when read.
 
         Frames are read by :mod:`qnode.bus_drain`'s native kernel where it is available (one
         call per round instead of three pyzmq calls per message), else one message at a time.
@@ -388,7 +388,7 @@ class Subscriber:
             from qnode.bus_drain import drainer
 
             self._drainer = drainer(self._sock)
-        out: list[BusMessage] = []
+        out = MessageBatch(self.lazy_payload, self._on_bad)
         deadline = None
         round_ = self._native_round if self._drainer is not None else self._python_round
         while True:
@@ -409,7 +409,7 @@ class Subscriber:
         self.stats.received += len(out)
         return out
 
-    def _python_round(self, max_messages: int, out: list[BusMessage]) -> None:
+    def _python_round(self, max_messages: int, out: MessageBatch) -> None:
         read, append = self._read, out.append
         for _ in range(max_messages):
             try:
@@ -419,7 +419,7 @@ class Subscriber:
             if msg is not None:
                 append(msg)
 
-    def _native_round(self, max_messages: int, out: list[BusMessage]) -> None:
+    def _native_round(self, max_messages: int, out: MessageBatch) -> None:
         """One native drain of up to ``max_messages`` messages, decoded and gap-counted here."""
         if self._sock.closed:  # the native call must never see a freed socket handle
             raise zmq.ZMQError(zmq.ENOTSOCK)
@@ -428,7 +428,10 @@ class Subscriber:
             return
         dec, stats, append = self._decoder, self.stats, out.append
         topics, prefixes, last_seq = dec.topics, dec.prefixes, stats.last_seq
-        lazy, on_bad, floor = self.lazy_payload, self._on_bad, self._floor
+        lazy, floor = self.lazy_payload, self._floor
+        # MessageBatch's columns: a message is kept as its fields (no object per message here)
+        add_topic, add_seq, add_ts = out._topics.append, out._seqs.append, out._ts.append
+        add_known, add_raw = out._known.append, out._raws.append
         topic_text = known = None
         for t0, t1, h1, p1, nframes, seq, ts_ns, fast, same in zip(*columns, strict=True):
             if fast == 1:
@@ -439,7 +442,7 @@ class Subscriber:
                     known = prefixes.get(data[t1 : h1 - 23])
                 if topic_text is not None and known is not None:
                     if lazy:
-                        payload, raw, bad = None, data[h1:p1], on_bad
+                        payload = data[h1:p1]
                     else:
                         try:
                             payload = unpackb(data[h1:p1])
@@ -448,23 +451,23 @@ class Subscriber:
                         if not isinstance(payload, dict):
                             stats.malformed += 1
                             continue
-                        raw = bad = None
-                    msg = _new_message(BusMessage)  # BusMessage._lazy, inlined
-                    msg.topic, msg.seq, msg.ts_ns, msg._header = topic_text, seq, ts_ns, None
-                    msg._base, msg._payload, msg._raw, msg._on_bad = known[0], payload, raw, bad
-                    key = msg.node, msg.src = known[1]
+                    key = known[1]
                     if floor:  # after a snapshot (rare): the full check
-                        if self._account(key, seq):
-                            append(msg)
-                        continue
-                    last = last_seq.get(key)  # Subscriber._account, inlined
-                    if last is not None:
-                        if seq > last + 1:
-                            stats.gaps += seq - last - 1
-                        elif seq <= last:
-                            stats.restarts += 1
-                    last_seq[key] = seq
-                    append(msg)
+                        if not self._account(key, seq):
+                            continue
+                    else:
+                        last = last_seq.get(key)  # Subscriber._account, inlined
+                        if last is not None:
+                            if seq > last + 1:
+                                stats.gaps += seq - last - 1
+                            elif seq <= last:
+                                stats.restarts += 1
+                        last_seq[key] = seq
+                    add_topic(topic_text)
+                    add_seq(seq)
+                    add_ts(ts_ns)
+                    add_known(known)
+                    add_raw(payload)
                     continue
             topic_text = known = None  # the next message looks its topic and prefix up
             if nframes != 3 or fast < 0:  # not three frames, or one over FRAME_LIMIT

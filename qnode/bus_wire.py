@@ -9,8 +9,10 @@ first use. Imported and re-exported by :mod:`qnode.bus`.
 
 from __future__ import annotations
 
+import itertools
 import re
 import struct
+from collections.abc import Iterator
 from typing import Any
 
 from qnode.codec import CodecError, packb, unpackb
@@ -107,6 +109,79 @@ class BusMessage:
 
     def __repr__(self) -> str:
         return f"BusMessage({self.topic!r}, seq={self.seq}, node={self.node!r}, src={self.src!r})"
+
+
+class MessageBatch:
+    """What :meth:`qnode.bus.Subscriber.recv_batch` returns: a sequence of :class:`BusMessage`.
+
+    Received messages are validated and gap-counted on receipt, but kept as plain fields
+    (topic, seq, ts_ns, the cached header fields, the payload) in a few lists; each
+    :class:`BusMessage` is built when it is read. A batch of message objects alive at once
+    would be a thousand objects for Python's cyclic GC, whose collections (in a big process,
+    full ones over the whole heap) cost the subscriber more than decoding the messages; a
+    consumer that handles one message at a time now never has more than one alive. Each pass
+    over the batch builds new objects (a bad lazy payload counts once per object read).
+    """
+
+    __slots__ = ("_topics", "_seqs", "_ts", "_known", "_raws", "_lazy", "_on_bad")
+
+    def __init__(self, lazy: bool, on_bad: Any) -> None:
+        self._topics: list[str | None] = []  # None: _raws holds a ready BusMessage
+        self._seqs: list[int] = []
+        self._ts: list[int] = []
+        self._known: list[Any] = []  # (header fields other than seq/ts_ns, (node, src))
+        self._raws: list[Any] = []  # payload bytes (lazy) or dict, or a ready BusMessage
+        self._lazy, self._on_bad = lazy, on_bad
+
+    def append(self, msg: BusMessage) -> None:
+        """Add a message object that already exists (the pure-Python path, the rare path)."""
+        self._topics.append(None)
+        self._seqs.append(0)
+        self._ts.append(0)
+        self._known.append(None)
+        self._raws.append(msg)
+
+    def __len__(self) -> int:
+        return len(self._topics)
+
+    def __iter__(self) -> Iterator[BusMessage]:
+        new, cls, on_bad = _new_message, BusMessage, self._on_bad
+        lazy = self._lazy
+        items = zip(self._topics, self._seqs, self._ts, self._known, self._raws, strict=True)
+        for topic_text, seq, ts_ns, known, raw in items:
+            if topic_text is None:
+                yield raw
+                continue
+            msg = new(cls)
+            msg.topic, msg.seq, msg.ts_ns, msg._header = topic_text, seq, ts_ns, None
+            msg._base, (msg.node, msg.src) = known
+            if lazy:
+                msg._payload, msg._raw, msg._on_bad = None, raw, on_bad
+            else:
+                msg._payload, msg._raw, msg._on_bad = raw, None, None
+            yield msg
+
+    def __getitem__(self, index: int | slice) -> Any:
+        if isinstance(index, slice):
+            return list(self)[index]
+        n = len(self)
+        if not -n <= index < n:
+            raise IndexError("batch index out of range")
+        index %= n
+        return next(itertools.islice(iter(self), index, None))
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, MessageBatch | list):
+            return list(self) == list(other)
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"MessageBatch({len(self)} messages)"
+
+
+_new_message = object.__new__
 
 
 # -- header wire layout ------------------------------------------------------------------------

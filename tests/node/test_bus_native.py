@@ -264,6 +264,42 @@ def test_recv_batch_drops_updates_not_newer_than_the_snapshot_on_both_paths():
     for sub in subs:
         got = _drain_all(sub, 1, max_messages=16)
         assert [m.payload for m in got] == [{"v": 4}]  # v1..v3 are not newer than the snapshot
-        assert sub.stats.gaps == 0 and sub.stats.malformed == 0
+        assert sub.stats.gaps == 0 and sub.stats.malformed == 0 and sub.stats.restarts == 0
     assert subs[0]._drainer is not None and subs[1]._drainer is None
     [s.close() for s in subs], pub.close(), hub.close()
+
+
+def test_message_batch_reads_like_a_list_of_messages():
+    ctx = zmq.Context()
+    raw, subs = _pair(ctx, lazy_payload=True)
+    bob = packb({"schema": 1, "node": "bob", "src": "x", "seq": 1, "ts_ns": 5})
+    raw.send_multipart([T, _head(10, ts=100), packb({"i": 10})])
+    raw.send_multipart([T, _head(11, ts=101), b"\x81\xa1a"])  # a map, truncated: bad on use
+    raw.send_multipart([U, _head(12, ts=102), packb({"i": 12})])
+    raw.send_multipart([T, bob, b"\x80"])  # decoded in full: a ready object in the batch
+    expected = [(T, "pp", 10, 100), (T, "pp", 11, 101), (U, "pp", 12, 102), (T, "x", 1, 5)]
+    for sub in subs:
+        batches = []
+        while sum(map(len, batches)) < 4 and (batch := sub.recv_batch(16, 2000)):
+            batches.append(batch)
+        fields = []
+        for batch in batches:
+            view = [(m.topic.encode(), m.src, m.seq, m.ts_ns) for m in batch]
+            assert view == [(m.topic.encode(), m.src, m.seq, m.ts_ns) for m in batch]  # again
+            assert view == [(m.topic.encode(), m.src, m.seq, m.ts_ns) for m in batch[:]]
+            by_index = [batch[i] for i in range(len(batch))]
+            assert view == [(m.topic.encode(), m.src, m.seq, m.ts_ns) for m in by_index]
+            assert (batch[-1].seq, batch[0].seq) == (view[-1][2], view[0][2])
+            with pytest.raises(IndexError):
+                batch[len(batch)]
+            fields += view
+        assert fields == expected
+        bad = next(m for b in batches for m in b if m.seq == 11)
+        before = sub.stats.malformed
+        for _ in range(2):
+            with pytest.raises(ValueError):
+                _ = bad.payload
+        assert sub.stats.malformed == before + 1  # counted once for this message object
+        empty = sub.recv_batch(10, 20)
+        assert empty == [] and not empty and len(empty) == 0
+    raw.close(), [s.close() for s in subs], ctx.term()
