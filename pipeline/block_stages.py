@@ -245,8 +245,9 @@ class BobBlock(_Common):
         if reason:
             return self.fail(reason)
         self.rec = ReconcilerBob(
-            self.data.block, eps_cor=self.data.eps_cor, pre_reveal_f=self.data.f_target
-        )
+            self.data.block, eps_cor=self.data.eps_cor,
+            pre_reveal_f=self.data.f_target if self.qber_start < self.qber_plan else None,
+        )  # fmt: skip
         self.rec.start(self.data.key_bits)
         self._reported = False
         self._frame_bits = 0

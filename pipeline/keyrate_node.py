@@ -75,16 +75,18 @@ def expected_node_key_rate(
     DecoySettings(mu, p, eps_sec, eps_cor)
     counts = LinkCounts.from_link(params)
     qber_x, qber_z = counts.qber_x, counts.qber_z
-    # The plan: the upper confidence bound on the test-basis QBER from a block's expected Z
-    # counts (pipeline.block_stages.plan_qber_counts; the counts at close, ~block_bits of X).
+    # The plan: reach to the upper confidence bound on the test-basis QBER from a block's
+    # expected Z counts, start at a lower bound (pipeline.block_stages.plan_counts; the counts
+    # at close, ~block_bits of X).
     z_per_block = block_bits / counts.sifted_x * sum(counts.z)
     qber_plan = plan_qber_counts(z_per_block * qber_z, z_per_block)
     plan = plan_counts(z_per_block * qber_z, z_per_block, f_target)
+    start_qber = plan_start_counts(z_per_block * qber_z, z_per_block)
     k = plan.key_bits
     sd = expected_sd(plan, qber_x)
     rounds = min(plan.punctured // max(plan.reveal_step, 1), plan.max_reveals)
     pre = 0
-    if rounds and math.isfinite(sd):
+    if rounds and math.isfinite(sd) and start_qber < qber_plan:
         need = f_target * k * binary_entropy(min(qber_x + PRE_REVEAL_SD * sd, 0.5))
         pre = min(max(math.ceil((need - plan.leaked(0)) / plan.reveal_step), 0), rounds - 1)
     frame_leak = plan.leaked(pre * plan.reveal_step)
@@ -110,7 +112,7 @@ def expected_node_key_rate(
         eps_sec=eps_sec, eps_cor=eps_cor, key_length=math.floor(ell), pulses_per_block=pulses,
         extra={"reconciled_bits": target, "ldpc_frame_bits": k, "dropped_bits": dropped,
                "leak_bits": leak, "qber_plan": qber_plan,
-               "qber_start": plan_start_counts(z_per_block * qber_z, z_per_block),
+               "qber_start": start_qber,
                "pre_reveal_rounds": pre, "sifted_x_per_pulse": counts.sifted_x, "qber_z": qber_z,
                "p_bob_z": params.p_bob_z},
     )  # fmt: skip

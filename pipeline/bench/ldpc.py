@@ -6,7 +6,8 @@ call so compile time is excluded. ``f`` = leaked / (key bits * h(QBER)) with eve
 by reconciliation counted (syndrome - punctured + revealed; the verification tag is reported in
 ``note`` and counted by the finite-key formula). ``fer`` = frames dropped / frames. ``mbps`` =
 sifted key bits of the block / wall time; ``note`` adds them per CPU-second (all threads), the
-figure that stays meaningful on a loaded machine. Frames of 2^17 bits (the default); the full run adds
+figure that stays meaningful on a loaded machine, and ``cpu_ms_per_frame`` is the CPU time of both
+sides per LDPC frame. Frames of 2^17 bits (the default); the full run adds
 rows with 2^20-bit frames.
 
 Peer rows: ``ldpc.BpDecoder`` (product-sum ``ldpc-ps`` and min-sum ``ldpc-ms`` scaled 0.8,
@@ -61,8 +62,10 @@ def _qnode_row(
         "f": round(r.leaked_bits / (key * h), 4) if key else None,
         "fer": round(r.frames_failed / r.frames, 4),
         "mbps": round(a.size / dt / 1e6, 3),
+        "cpu_ms_per_frame": round(cpu / r.frames * 1e3, 1),
         "note": (
-            f"{r.frames} frames, {r.messages} msgs, {a.size / cpu / 1e6:.2f} Mbit per CPU-s; "
+            f"{r.frames} frames, {r.messages} msgs, {a.size / cpu / 1e6:.2f} Mbit per CPU-s "
+            f"({cpu / r.frames * 1e3:.0f} CPU-ms per frame, both sides); "
             "with tag bits "
             f"f={(r.leaked_bits + r.verification_bits) / (key * h):.4f}"
             if key
