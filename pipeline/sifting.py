@@ -19,7 +19,9 @@ whole 64-bit words.
    dominates the message), ``basis`` (plane, 1 = X) and ``test_bits`` (plane: Bob's bit where he
    measured Z, 0 elsewhere; Z bits are disclosed anyway and those of unmatched slots are
    discarded). A plain ``slot`` (int64[n]) instead of ``slot0``/``slot_delta`` is accepted too.
-2. Alice fetches her symbols for ``slot`` and answers ``sift_reply``: ``frame``, ``n``,
+2. Alice checks the announcement once (:meth:`SiftingAlice.symbol_request`), passes the uint16
+   gaps as they came to her source (``SYMB:GAPS?``; she builds slots only for wider gaps),
+   sifts with the symbol bytes it returns and answers ``sift_reply``: ``frame``, ``n``,
    ``match`` (plane: bases agree), ``intensity_lo`` / ``intensity_hi`` (planes: the two bits of
    the intensity class of matched events) and ``test_errors`` (Z errors per intensity class).
 
@@ -392,8 +394,16 @@ class SymbolRequest:
 
 
 def _joined_key(scratch: np.ndarray, nkey: np.ndarray) -> np.ndarray:
+    """The chunks' key bits end to end (scratch is fresh per frame: one chunk is a view)."""
+    if nkey.size == 1:
+        return scratch[: nkey[0]]
     stride = _CHUNK + _SLACK
     return np.concatenate([scratch[c * stride : c * stride + k] for c, k in enumerate(nkey)])
+
+
+def _chunk_total(per_chunk: np.ndarray) -> np.ndarray:
+    """Per-chunk counts summed over chunks (a link frame is one chunk: no reduction)."""
+    return per_chunk[0] if per_chunk.shape[0] == 1 else per_chunk.sum(axis=0)
 
 
 def _buffers(n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -476,7 +486,7 @@ class SiftingBob:
         counts, scratch, nkey = _buffers(n)
         if _bob_sift(basis_w, bit_w, n, match_w, klo_w, khi_w, counts, scratch, nkey):
             raise ValueError(f"frame {frame}: inconsistent match/intensity planes in the reply")
-        total = counts.sum(axis=0)
+        total = _chunk_total(counts)
         if (errors > total[BASIS_Z]).any():
             raise ValueError(f"frame {frame}: more test errors than matched Z detections")
         return SiftedFrame(frame, _joined_key(scratch, nkey), total, errors)
@@ -530,7 +540,7 @@ class SiftingAlice:
         if bad:
             raise ValueError(f"frame {frame}: symbols with bits 4-7 set or intensity class 3")
         result = SiftedFrame(
-            frame, _joined_key(scratch, nkey), counts.sum(axis=0), errors.sum(axis=0)
+            frame, _joined_key(scratch, nkey), _chunk_total(counts), _chunk_total(errors)
         )
         reply = {
             "type": "sift_reply",

@@ -69,3 +69,32 @@ def test_commands_answer_errors_for_bad_input(alice_pp):
     with pytest.raises(ValueError):
         alice_pp._apply("fly", {})
     assert alice_pp._apply("stop", {})["paused"] is True
+
+
+_SHOW_OPENMP = """
+import ctypes, sys
+from pipeline.postprocess import passive_openmp_workers
+passive_openmp_workers()
+from pipeline.sifting import warm_up
+warm_up()  # numba loads libgomp at its first parallel kernel
+ctypes.CDLL("libgomp.so.1").omp_display_env(1)  # the settings in force, on stderr
+"""
+
+
+@pytest.mark.parametrize("preset, spincount", [(None, "'0'"), ("active", "'30000000000'")])
+def test_openmp_workers_sleep_after_a_parallel_region(preset, spincount):
+    """The post-processing process sets OMP_WAIT_POLICY=passive before numba loads libgomp (a
+    spinning worker costs the other processes on the machine their core); an explicit policy in
+    the environment is kept."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    if preset:
+        env["OMP_WAIT_POLICY"] = preset
+    proc = subprocess.run(
+        [sys.executable, "-c", _SHOW_OPENMP], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert f"GOMP_SPINCOUNT = {spincount}" in proc.stderr, proc.stderr[-2000:]
