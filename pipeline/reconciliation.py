@@ -10,6 +10,10 @@ frames (every message carries ``block`` and ``frames``):
 2. Bob decodes the batch (numba, all cores). Frames that failed and still have reveal budget:
    Bob -> ``ldpc_reveal_request`` (``round``), Alice -> ``ldpc_reveal`` (the next
    ``reveal_step`` positions' values), Bob decodes again; repeated up to ``max_reveals`` times.
+   When Alice started the frames below her QBER bound (``start_qber``: a shorter syndrome and
+   more punctured rounds), Bob first estimates each frame's QBER from the syndrome
+   (:mod:`pipeline.ldpc.estimate`) and asks for the punctured rounds it calls for before his
+   first decoding of that frame (same messages, one round each).
 3. Bob -> ``ldpc_status`` (decoded flags, reveal counts). Alice -> ``verify_tags`` for the
    frames Bob decoded (:mod:`pipeline.verification`), Bob -> ``verify_result``.
 4. A frame is kept by both sides iff Bob decoded it and the tags matched; otherwise both drop it.
