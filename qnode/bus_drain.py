@@ -17,6 +17,7 @@ None and the subscriber keeps its pure-Python path.
 from __future__ import annotations
 
 import ctypes
+import logging
 import os
 from typing import Any
 
@@ -173,6 +174,7 @@ class _Lib:
 
 
 _STATE: dict[str, Any] = {}
+log = logging.getLogger(__name__)
 
 
 def _libzmq_path() -> str | None:
@@ -199,5 +201,10 @@ def drainer(sock: Any) -> Drainer | None:
     if lib is None:
         return None
     out = Drainer(lib, sock.underlying)
-    out.drain(0)  # compile (or load from numba's cache) now, not in the first real drain
+    try:
+        out.drain(0)  # compile (or load from numba's cache) now, not in the first real drain
+    except Exception:  # a kernel that does not build must not stop a subscriber
+        log.exception("native telemetry drain unavailable; reading messages one at a time")
+        _STATE["lib"] = None
+        return None
     return out
