@@ -66,7 +66,7 @@ def _publisher(endpoint_q: Any, go: Any, n: int, rate: float) -> None:
         time.sleep(0.01)
     pub.seq = 0
     topic = "qfs/telemetry/perf/link/"
-    cpu0 = time.process_time()
+    cpu0, thread0 = time.process_time(), time.thread_time()
     if rate <= 0:
         for _ in range(n):
             pub.publish(topic, _PAYLOAD)
@@ -78,7 +78,8 @@ def _publisher(endpoint_q: Any, go: Any, n: int, rate: float) -> None:
                 time.sleep(wait)  # yield the core (no busy-wait on a shared machine)
             pub.publish(topic, _PAYLOAD)
     cpu_us = (time.process_time() - cpu0) * 1e6 / max(n, 1)
-    pub.publish("svc/mgmt/perf/end/", {"sent": n, "cpu_us_per_msg": cpu_us})
+    thread_us = (time.thread_time() - thread0) * 1e6 / max(n, 1)
+    pub.publish("svc/mgmt/perf/end/", {"sent": n, "cpu_us_per_msg": cpu_us, "thread_us": thread_us})
     time.sleep(0.5)
     pub.close()
 
@@ -101,7 +102,7 @@ def _telemetry_run(n: int, rate: float, lazy: bool = True) -> dict[str, Any]:
         pass
     sub.recv_batch(1, timeout_ms=0)  # loads the native drain kernel before the clock starts
     go.set()
-    received, latencies, pub_cpu = 0, [], None
+    received, latencies, pub_cpu, pub_thread = 0, [], None, None
     t_first = t_last = None
     first_batch = 0  # received before t_first: left out of the rate
     data, end = "qfs/telemetry/perf/link/", "svc/mgmt/perf/end/"
@@ -120,6 +121,7 @@ def _telemetry_run(n: int, rate: float, lazy: bool = True) -> dict[str, Any]:
                     latencies.append((time.time_ns() - msg.ts_ns) / 1e6)
             elif topic == end:
                 pub_cpu = msg.payload.get("cpu_us_per_msg")
+                pub_thread = msg.payload.get("thread_us")
                 break
         t_last = time.perf_counter()
         if first_batch < 0:
@@ -138,6 +140,7 @@ def _telemetry_run(n: int, rate: float, lazy: bool = True) -> dict[str, Any]:
         "sub_cpu_us": round(sub_cpu, 2),
         "sub_proc_cpu_us": round(sub_proc, 2),
         "pub_cpu_us": round(pub_cpu, 2) if pub_cpu is not None else None,
+        "pub_thread_cpu_us": round(pub_thread, 2) if pub_thread is not None else None,
         "drain": "native" if native else "python",
     }
     if rate <= 0:
@@ -167,9 +170,12 @@ def telemetry_row(quick: bool = False) -> dict[str, Any]:
         "lost": blast["lost"],
         "gaps_counted": blast["gaps_counted"],
         # CPU per message: the subscriber's thread, its whole process (with the ZeroMQ I/O
-        # thread) and the publisher's whole process; wall-clock rates depend on the load.
+        # thread), the publisher's thread and its whole process (the I/O thread's share grows
+        # when the subscriber keeps up: it then sends fewer messages per syscall); wall-clock
+        # rates depend on the load.
         "sub_cpu_us_per_msg": blast["sub_cpu_us"],
         "sub_proc_cpu_us_per_msg": blast["sub_proc_cpu_us"],
+        "pub_thread_cpu_us_per_msg": blast["pub_thread_cpu_us"],
         "pub_cpu_us_per_msg": blast["pub_cpu_us"],
         "msgs_per_s_payload_decoded": eager["msgs_per_s"],
         "sub_cpu_us_per_msg_payload_decoded": eager["sub_cpu_us"],
