@@ -2,13 +2,13 @@
 
 ``simulator``: simulated pulses/s and detections/s of the link physics alone, after a warm-up that
 loads the numba kernels, at 1 GHz: ``gys`` at 50 km (~1.6e-3 clicks per pulse over the three
-classes) and ``snspd`` at 10 km (the ``link`` row's link: ~0.06 clicks per pulse, dead-time
-limited). One thread: the world simulates on one (``World._simulate``). The pulses are simulated
+classes) and ``snspd`` at 10 km at ``qnode link``'s operating point (``qnode.link.
+OPERATING_POINTS``: the ``link`` row's link, ~0.05 clicks per pulse, dead-time limited). One thread: the world simulates on one (``World._simulate``). The pulses are simulated
 as a stream of consecutive ``simulate`` calls of ``call_slots`` = 2^30 slots. Best of three runs,
 wall clock; the note gives pulses per CPU-second, less disturbed by a busy machine.
 
 ``world``: the ``link`` row's world end to end: a ``qnode sim serve`` subprocess (``snspd``, 10
-km, 1 GHz) streams time tags to ``drivers.time_tagger`` over loopback TCP in fetches of at most 2^22
+km, 1 GHz, the link's operating point set through the source driver) streams time tags to ``drivers.time_tagger`` over loopback TCP in fetches of at most 2^22
 tags (Bob's ``hal.acquisition.FETCH_TAGS``; a fetch answers with what is buffered) for 0.5 s
 of simulated time (0.1 s with ``--quick``). The figure the link needs is the world process's CPU time
 (``/proc/<pid>/stat``) per simulated second (``cpu_s_per_sim_s``; the span of the tags fetched);
@@ -35,13 +35,21 @@ WORLD_PRESET, WORLD_KM = "snspd", 10.0
 FETCH_TAGS = 1 << 22
 
 
+def _operating_point(preset: str) -> dict[str, float]:
+    """The source settings ``qnode link`` runs this preset with (none: the preset's own)."""
+    from qnode.link import OPERATING_POINTS
+
+    return dict(OPERATING_POINTS.get(preset, {}))
+
+
 def _measure(pulses: int, preset: str, km: float) -> dict[str, Any]:
     import numba
 
     from qnode import linkmodel as lm
     from sim_hw.physics import LinkSimulator
 
-    params = lm.preset(preset).with_changes(source={"clock_hz": CLOCK_HZ}, fibre={"length_km": km})
+    source = {"clock_hz": CLOCK_HZ, **(_operating_point(preset) if preset == "snspd" else {})}
+    params = lm.preset(preset).with_changes(source=source, fibre={"length_km": km})
     previous = numba.get_num_threads()
     numba.set_num_threads(1)
     try:
@@ -116,6 +124,8 @@ def _world_row(quick: bool) -> dict[str, Any]:
             PulseSource(res["source"]) as src,
             TimeTagger(res["timetagger"], timeout_s=30) as tagger,
         ):
+            for name, value in _operating_point(WORLD_PRESET).items():
+                setattr(src, name, value)
             src.output = True
             tagger.start()
             t_first = tagger.fetch_tags(FETCH_TAGS)[0][-1]  # warm-up: connection, read-ahead

@@ -181,34 +181,46 @@ def _simulate_kernel(
     unsorted = False
     while heap_size > 0 and heap[0] >> 2 <= pos:  # afterpulses of skipped slots: dropped
         _, heap_size = _heap_pop(heap, heap_size)
-    live = _live_mask(dead_until, pos + 1)
-    rev = _next_revival(dead_until, pos + 1)
-    if cand <= pos:  # a fresh start, a skip or new parameters: draw from here
-        cand, live, rev, state = _draw(pos, live, rev, dead_until, hazard, state)
-    elif cand < _NO_SLOT:
-        live = _live_mask(dead_until, cand)
-        rev = _next_revival(dead_until, cand)
+    need = cand <= pos  # a fresh start, a skip or new parameters: draw from pos
+    at = pos + 1 if need or cand == _NO_SLOT else cand
+    live = _live_mask(dead_until, at)
+    rev = _next_revival(dead_until, at)
     top = heap[0] >> 2 if heap_size > 0 else _NO_SLOT
     while True:
-        s = min(cand, top)
-        if s >= end_slot:
-            break
         if n_out + 4 > cap:
             full = True
             break
-        prim = 0
-        consumed = cand == s
-        if consumed:
-            sym = symbol_of_word(slot_word(np.uint64(s), sym_ka, sym_kb), t_z, t_s, t_sd)
+        # Candidates until one is accepted (most are not: the rate bound is the brightest
+        # symbol's), an afterpulse comes first, or the range ends; the live set is constant.
+        accepted = False
+        u = 0.0
+        i = 0
+        while True:
+            if need:
+                cand, live, rev, state = _draw(pos, live, rev, dead_until, hazard, state)
+                need = False
+            if cand >= top or cand >= end_slot:
+                break
+            sym = symbol_of_word(slot_word(np.uint64(cand), sym_ka, sym_kb), t_z, t_s, t_sd)
             i = live * 12 + np.int64(sym)
             state += _GOLDEN
             u = _uniform53(mix64(state))
+            if u < acc[i]:
+                accepted = True
+                break
+            pos = cand
+            need = True
+        s = min(cand, top)
+        if s >= end_slot:
+            break
+        prim = 0
+        consumed = accepted
+        if accepted:  # cand == s: Bob's basis and the pattern on its live pair
             state += _GOLDEN
             v = _uniform53(mix64(state))
             b = np.int64(u >= acc0[i])
             j = 2 * i + b
-            pair = (1 + np.int64(v >= split1[j]) + np.int64(v >= split2[j])) << (2 * b)
-            prim = pair if u < acc[i] else 0  # branch-free: acceptance is random
+            prim = (1 + np.int64(v >= split1[j]) + np.int64(v >= split2[j])) << (2 * b)
         mask = prim
         pulsed = top == s
         while heap_size > 0 and heap[0] >> 2 == s:
@@ -252,7 +264,7 @@ def _simulate_kernel(
                 live &= ~clicked
                 rev = min(rev, s + n_dead + 1)
             pos = s
-            cand, live, rev, state = _draw(pos, live, rev, dead_until, hazard, state)
+            need = True
     st[0] = pos
     st[1] = cand
     rng[0] = state
