@@ -3,6 +3,7 @@ the publisher's ormsgpack packing (byte-identical to msgpack-python, same refusa
 
 from __future__ import annotations
 
+import collections
 import datetime
 import enum
 import uuid
@@ -197,6 +198,7 @@ class _Name(str):
         {"m": np.zeros((3, 4)), "empty": np.zeros(0, np.uint8), "flag": np.bool_(True)},
         {"nested": {"x": {"y": [1.0, float("inf")]}}, "ba": bytearray(b"ab")},
         {1: "int key", "e": _Color.RED, "s": _Name("sub")},  # ormsgpack refuses: msgpack packs
+        {"c": collections.Counter("abca"), "o": collections.OrderedDict(x=1)},  # dict subclasses
     ],
 )
 def test_publisher_payload_bytes_equal_msgpack_python(payload):
