@@ -365,6 +365,7 @@ class PostProcess:
         try:
             request = self.sift_alice.symbol_request(msg)  # serial kernels: no thread setting
         except ValueError as exc:
+            self.stats.malformed_peer += 1
             log.warning("bad sift_announce: %s", exc)
             return
         self.waiting_symbols[request.frame] = msg
@@ -394,8 +395,10 @@ class PostProcess:
                     reply, sifted = self.sift_alice.on_announce(
                         msg, np.frombuffer(parts[1], dtype=np.uint8)
                     )
-            except ValueError as exc:
+            except ValueError as exc:  # symbols the source should not send: Bob drops it too
                 log.warning("cannot sift frame %s: %s", msg["frame"], exc)
+                self.send({"type": "sift_reply", "frame": msg["frame"], "n": 0, "failed": True,
+                           "reason": str(exc)})  # fmt: skip
                 continue
             self._account_sifted(sifted)
             self.sifted[sifted.frame] = sifted

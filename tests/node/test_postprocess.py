@@ -98,3 +98,47 @@ def test_openmp_workers_sleep_after_a_parallel_region(preset, spincount):
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert f"GOMP_SPINCOUNT = {spincount}" in proc.stderr, proc.stderr[-2000:]
+
+
+def test_alice_passes_bob_gaps_to_acquisition_and_sifts_the_symbols(alice_pp):
+    """A sift_announce becomes one request on the acquisition socket holding Bob's uint16 gaps
+    byte for byte ({frame, first} + gaps); the symbol bytes that come back are sifted. A
+    malformed announcement is counted and never reaches the source."""
+    import zmq
+
+    from pipeline.postprocess import _ipc
+    from pipeline.sifting import SiftingBob
+    from qnode.codec import packb, unpackb
+
+    ctx = zmq.Context.instance()
+    acq_in = ctx.socket(zmq.PULL)
+    acq_in.connect(_ipc(alice_pp.cfg, "requests"))
+    acq_out = ctx.socket(zmq.PUSH)
+    acq_out.connect(_ipc(alice_pp.cfg, "symbols"))
+    try:
+        rng = np.random.default_rng(4)
+        slot = 500 + np.cumsum(rng.integers(1, 60, 400)).astype(np.int64)
+        ones = np.ones(400, np.uint8)
+        announce = {**SiftingBob().announce(3, slot, ones, ones), "epoch": 7}
+        alice_pp.on_peer({"type": "reset", "epoch": 7})
+        bad = {**announce, "slot_delta": np.zeros(399, np.uint16)}
+        alice_pp.on_peer(bad)
+        assert alice_pp.stats.malformed_peer == 1 and alice_pp.waiting_symbols == {}
+        alice_pp.on_peer(announce)
+        assert acq_in.poll(5000)
+        head, gaps = acq_in.recv_multipart()
+        assert unpackb(head) == {"frame": 3, "first": int(slot[0])}
+        assert gaps == announce["slot_delta"].tobytes() == np.diff(slot).astype("<u2").tobytes()
+        symbols = (rng.integers(0, 2, 400) | 2 * rng.integers(0, 2, 400)).astype(np.uint8)
+        reply_head = {"frame": 3, "ok": True, "n": 400, "source": {}}
+        acq_out.send_multipart([packb(reply_head), symbols.tobytes()])
+        for _ in range(100):
+            alice_pp._alice_symbols()
+            if alice_pp.stats.frames_sifted:
+                break
+            alice_pp.symbols_in.poll(50)  # let the ipc message arrive
+        assert alice_pp.stats.frames_sifted == 1 and alice_pp.waiting_symbols == {}
+        assert alice_pp.stats.counts[1].sum() == int((symbols & 1).sum())  # Bob: all X
+    finally:
+        acq_in.close(0)
+        acq_out.close(0)
