@@ -75,8 +75,8 @@ _SHOW_OPENMP = """
 import ctypes, sys
 from pipeline.postprocess import passive_openmp_workers
 passive_openmp_workers()
-from pipeline.sifting import warm_up
-warm_up()  # numba loads libgomp at its first parallel kernel
+import numba
+numba.set_num_threads(1)  # numba loads its threading layer (libgomp) here at the latest
 ctypes.CDLL("libgomp.so.1").omp_display_env(1)  # the settings in force, on stderr
 """
 
