@@ -151,12 +151,23 @@ def _layout(name: str, p: int, s: int) -> tuple[np.ndarray, np.ndarray, np.ndarr
 
 
 def shortened_order(code: QCCode) -> np.ndarray:
-    """Order in which positions are shortened: whole base columns in a fixed pseudo-random
-    column order (each column's lanes in a fixed pseudo-random order, which only matters for the
-    last, partly shortened column). The same on both sides."""
+    """Order in which positions are shortened: whole base columns, stratified by degree (every
+    prefix of the column order holds each column degree in about its share of the code, as
+    shortening random positions does on average: a random column order shortened too many
+    high-degree columns of the R 0.65 code, f +0.01 at 6 %), ties broken in a fixed
+    pseudo-random order; each column's lanes in a fixed pseudo-random order (which only matters
+    for the last, partly shortened column). The same on both sides."""
     seed = (int.from_bytes(code.name.encode(), "little") + 1) % (2**63)
     rng = np.random.default_rng(seed)
-    cols = rng.permutation(code.shifts.shape[1])
+    n_b = code.shifts.shape[1]
+    deg = (code.shifts >= 0).sum(axis=0)
+    shuffled = rng.permutation(n_b)
+    # the j-th column of a degree class (in shuffled order) sits at (j + u) / class size
+    rank = np.empty(n_b)
+    for d in np.unique(deg):
+        cols = shuffled[deg[shuffled] == d]
+        rank[cols] = (np.arange(cols.size) + rng.random(cols.size)) / cols.size
+    cols = np.argsort(rank, kind="stable")
     lanes = rng.permutation(code.z)
     return (cols[:, None] * code.z + lanes[None, :]).ravel()
 

@@ -94,12 +94,12 @@ def test_no_estimate_when_punctured_bits_touch_nearly_every_check():
 
 
 def test_bob_reveals_before_decoding_a_frame_planned_below_its_qber():
-    """Planned for 0.8 % with reach to 1.3 %, the bits carry 1.15 %: Bob asks for punctured
+    """Planned for 0.8 % with reach to 1.3 %, the bits carry 1.05 %: Bob asks for punctured
     reveals before any decoding, the keys agree, every revealed bit is counted, and f ends far
     below the plan at the bound."""
     import pipeline.reconciliation as rec
 
-    q = 0.0115
+    q = 0.0105
     alice = ReconcilerAlice(0, 0.013, f_target=1.12, start_qber=0.008, batch_frames=2,
                             rng=np.random.default_rng(1))  # fmt: skip
     bob = ReconcilerBob(0, pre_reveal_f=1.12)
