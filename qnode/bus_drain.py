@@ -17,6 +17,7 @@ None and the subscriber keeps its pure-Python path.
 from __future__ import annotations
 
 import ctypes
+import errno as _errno
 import logging
 import os
 from typing import Any
@@ -28,7 +29,8 @@ from qnode.bus_wire import FRAME_LIMIT
 
 _RCVMORE = 13  # ZMQ_RCVMORE
 _DONTWAIT = 1  # ZMQ_DONTWAIT
-_EAGAIN = 11
+_EAGAIN = _errno.EAGAIN
+_EINTR = _errno.EINTR  # a signal during libzmq's command processing: retried, as pyzmq does
 # Per message, columns of the kernel's int64 output (see _drain).
 T0, T1, H1, P1, NFRAMES, SEQ, TS, FAST, SAME = range(9)
 _COLS = 9
@@ -69,6 +71,8 @@ def _drain(recv, getsockopt, errno, handle, buf, meta, maxn, limit, ts_key, map_
                 rc = recv(handle, scratch.ctypes.data, 0, _DONTWAIT)
             if rc < 0:
                 err = errno()
+                if err == _EINTR:
+                    continue  # the same frame again (pyzmq retries EINTR too)
                 if nframes == 0:
                     return n, (0 if err == _EAGAIN else err), off
                 break  # a message ended early (never expected: libzmq delivers whole)
@@ -147,14 +151,15 @@ class Drainer:
         for up to ``maxn`` queued messages. Columns, not rows: ``zip(*columns)`` reuses its
         tuple, where a list per message would be one more object for Python's cyclic GC to
         track per message (in a big process its collections cost more than the decoding);
-        raise ``zmq.ZMQError`` for an error other than an empty queue."""
+        raise ``zmq.ZMQError`` for an error other than an empty queue or EINTR (retried) when
+        no message was read (after some, they are returned and libzmq repeats the error)."""
         if maxn > len(self._meta):
             self._meta = np.zeros((maxn, _COLS), np.int64)
         lib = self._lib
         n, err, used = _drain(lib.recv, lib.getsockopt, lib.errno, self._handle, self._buf,
                               self._meta, maxn, FRAME_LIMIT, _TS_KEY, _MAP_FIRST)  # fmt: skip
-        if err:
-            import zmq
+        if err and n == 0:  # after n messages: hand them over; the error (ETERM, ENOTSOCK...)
+            import zmq  # comes back from libzmq on the next call
 
             raise zmq.ContextTerminated() if err == zmq.ETERM else zmq.ZMQError(err)
         if n == 0:
