@@ -10,16 +10,18 @@ prefix up in the subscriber's caches and builds the message objects.
 
 Frames are limited to :data:`FRAME_LIMIT` bytes here (a bigger frame is truncated by
 ``zmq_recv`` and its message counted as malformed); the Python path applies the same limit.
-Without Linux ``/proc/self/maps``, or if the library cannot be found, :func:`drainer` returns
-None and the subscriber keeps its pure-Python path.
+Off Linux, without pyzmq's Cython backend, or if libzmq's symbols cannot be found through it,
+:func:`drainer` returns None and the subscriber keeps its pure-Python path.
 """
 
 from __future__ import annotations
 
 import ctypes
 import errno as _errno
+import importlib
 import logging
 import os
+import sys
 from typing import Any
 
 import numpy as np
@@ -168,7 +170,9 @@ class Drainer:
 
 
 class _Lib:
-    """libzmq entry points of the library pyzmq itself loaded (same sockets, same contexts)."""
+    """libzmq entry points of the library pyzmq itself uses (same sockets, same contexts):
+    looked up through the handle of pyzmq's compiled backend, which searches that module and
+    the libraries it links, so another libzmq copy in the process is never picked."""
 
     def __init__(self, path: str) -> None:
         lib = ctypes.CDLL(path, mode=os.RTLD_NOLOAD | os.RTLD_LAZY)
@@ -182,23 +186,27 @@ _STATE: dict[str, Any] = {}
 log = logging.getLogger(__name__)
 
 
-def _libzmq_path() -> str | None:
-    import zmq.backend.cython._zmq  # noqa: F401  (loads libzmq)
-
-    try:
-        with open("/proc/self/maps") as maps:
-            paths = {line.split()[-1] for line in maps if "libzmq" in line and "/" in line}
-    except OSError:
+def _pyzmq_backend_path() -> str | None:
+    """The file of pyzmq's Cython backend (pyzmq >= 26: ``_zmq``; 25: ``socket``), or None: not
+    Linux (tested there only), or another backend (CFFI on PyPy) whose libzmq is not ours."""
+    if not sys.platform.startswith("linux"):
         return None
-    paths = {p for p in paths if os.path.basename(p).startswith("libzmq")}
-    return paths.pop() if len(paths) == 1 else None
+    for name in ("zmq.backend.cython._zmq", "zmq.backend.cython.socket"):
+        try:
+            module = importlib.import_module(name)
+        except ImportError:
+            continue
+        path = getattr(module, "__file__", None)
+        if isinstance(path, str) and path.endswith(".so"):
+            return path
+    return None
 
 
 def drainer(sock: Any) -> Drainer | None:
     """A :class:`Drainer` for pyzmq socket ``sock``, or None where the native path is missing."""
     if "lib" not in _STATE:
         try:
-            path = _libzmq_path()
+            path = _pyzmq_backend_path()
             _STATE["lib"] = _Lib(path) if path else None
         except (OSError, AttributeError):
             _STATE["lib"] = None

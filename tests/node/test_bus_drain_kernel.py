@@ -126,3 +126,55 @@ def test_a_cached_kernel_drains_correctly_in_a_second_process(tmp_path):
         assert run["native"] and run["ok"] and run["malformed"] == 0, run
     assert first["hits"] == 0 and second["hits"] >= 1  # compiled, then loaded from the cache
     assert first["recv"] != second["recv"]  # the cached code did not keep the old address
+
+
+def test_without_pyzmq_cython_backend_the_subscriber_falls_back(monkeypatch):
+    """pyzmq 25 (no ``_zmq`` module) or the CFFI backend: drainer() is None, not an ImportError
+    out of recv_batch."""
+    import zmq
+
+    from qnode import bus_drain
+    from qnode.bus import Subscriber
+
+    for name in ("zmq.backend.cython._zmq", "zmq.backend.cython.socket"):
+        monkeypatch.setitem(sys.modules, name, None)  # import raises ImportError
+    monkeypatch.setattr(bus_drain, "_STATE", {})
+    ctx = zmq.Context()
+    sub = Subscriber("tcp://127.0.0.1:1", ["qfs/"], context=ctx)
+    assert sub.recv_batch(4, 0) == []
+    assert sub._drainer is None
+    sub.close(), ctx.term()
+
+
+_SECOND_COPY = textwrap.dedent(
+    """
+    import ctypes, json, os, shutil, sys, zmq
+    from zmq.backend.cython import _zmq
+    from qnode import bus_drain
+    from qnode.bus import Subscriber
+    mapped = {l.split()[-1] for l in open("/proc/self/maps") if "libzmq" in l and "/" in l}
+    copy = os.path.join(sys.argv[1], "libzmq.so.5")
+    shutil.copy(mapped.pop(), copy)
+    other = ctypes.CDLL(copy)  # a second libzmq in the process (another binding's, say)
+    ours = ctypes.CDLL(_zmq.__file__, mode=os.RTLD_NOLOAD)
+    addr = lambda f: ctypes.cast(f, ctypes.c_void_p).value
+    ctx = zmq.Context()
+    sub = Subscriber("tcp://127.0.0.1:1", ["qfs/"], context=ctx)
+    sub.recv_batch(1, 0)
+    lib = bus_drain._STATE["lib"]
+    print(json.dumps({
+        "native": sub._drainer is not None,
+        "ours": lib is not None and addr(lib.recv) == addr(ours.zmq_recv),
+        "other": lib is not None and addr(lib.recv) == addr(other.zmq_recv),
+    }))
+    """
+)
+
+
+def test_a_second_libzmq_copy_never_becomes_the_drain_library(tmp_path):
+    """The kernel calls the libzmq pyzmq links, found through pyzmq's own module, whatever
+    other libzmq copies the process has loaded."""
+    out = subprocess.run([sys.executable, "-c", _SECOND_COPY, str(tmp_path)], capture_output=True,
+                         text=True, timeout=120, check=True)  # fmt: skip
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got == {"native": True, "ours": True, "other": False}
