@@ -10,7 +10,8 @@ Channel 0 is the sync input (one tag every ``SYNC:PERiod`` slots), channels 1-4 
 Ordering: a tag's time includes jitter and the per-input delay, so the tags of one chunk can
 land after those of the next. Tags later than a horizon (chunk end + smallest delay - a guard of
 20 jitter sigmas) are held back and merged with the next chunk; fetched tags are in time order.
-Records are ``uint64 = (time_ps << 8) | channel`` packed with numpy and sent in one write.
+Records are ``uint64 = (time_ps << 8) | channel`` packed with numpy; a fetch copies the buffered
+pieces straight into its block (one copy) and sends it in one write.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from numba import njit
 
-from sim_hw.scpi import CommandTree, ScpiDevice, ScpiError, definite_block
+from sim_hw.scpi import CommandTree, ScpiDevice, ScpiError
 from sim_hw.scpi_params import PICOSECOND, VOLT, Integer, Number
 
 if TYPE_CHECKING:
@@ -165,10 +166,17 @@ class TimeTagger(ScpiDevice):
     def _fetch(self, max_tags: int) -> bytes:
         if self.acquiring:
             self._generate_until(max_tags, time.monotonic() + FETCH_BUDGET_S)
-        return definite_block(self.take(max_tags).view(np.uint8))
+        # The block built in one copy from the buffered pieces (no concatenation first).
+        parts = [memoryview(p).cast("B") for p in self._take_parts(max_tags)]
+        return definite_block_of(parts)
 
     def take(self, max_tags: int) -> np.ndarray:
         """Remove and return up to ``max_tags`` waiting records, oldest first."""
+        parts = self._take_parts(max_tags)
+        return parts[0] if len(parts) == 1 else np.concatenate(parts or [np.empty(0, np.uint64)])
+
+    def _take_parts(self, max_tags: int) -> list[np.ndarray]:
+        """Remove up to ``max_tags`` waiting records, oldest first, as the buffered pieces."""
         parts = []
         need = max_tags
         while need > 0 and self._pending:
@@ -180,9 +188,8 @@ class TimeTagger(ScpiDevice):
                 parts.append(head[:need])
                 self._pending[0] = head[need:]
                 need = 0
-        out = parts[0] if len(parts) == 1 else np.concatenate(parts or [np.empty(0, np.uint64)])
-        self._n_pending -= out.size
-        return out
+        self._n_pending -= max_tags - need
+        return parts
 
     def _generate_until(self, max_tags: int | None, deadline: float) -> None:
         """Take chunks until ``max_tags`` wait, the world can go no further, or time is up; once
@@ -340,6 +347,12 @@ def _detection_records(
     if raw.size > 1 and not (raw[1:] >= raw[:-1]).all():
         raw.sort()
     return raw, counts
+
+
+def definite_block_of(parts: list[memoryview]) -> bytes:
+    """``definite_block`` of the concatenated byte ``parts``, in one copy."""
+    n = str(sum(p.nbytes for p in parts)).encode()
+    return b"".join([b"#", str(len(n)).encode(), n, *parts])
 
 
 def _input(n: int) -> int:
