@@ -178,3 +178,29 @@ def test_a_second_libzmq_copy_never_becomes_the_drain_library(tmp_path):
                          text=True, timeout=120, check=True)  # fmt: skip
     got = json.loads(out.stdout.strip().splitlines()[-1])
     assert got == {"native": True, "ours": True, "other": False}
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_a_terminated_context_raises_context_terminated_on_both_paths(native):
+    """ctx.term() in another thread: recv_batch raises zmq.ContextTerminated (the caller then
+    closes the socket, which lets term() return), never a crash or a silent empty batch loop."""
+    import threading
+
+    import zmq
+
+    from qnode.bus import Subscriber
+
+    ctx = zmq.Context()
+    sub = Subscriber("tcp://127.0.0.1:1", ["qfs/"], context=ctx)
+    if not native:
+        sub._native_tried = True
+    assert sub.recv_batch(4, 0) == []
+    assert (sub._drainer is not None) is native
+    term = threading.Thread(target=ctx.term)
+    term.start()
+    with pytest.raises(zmq.ContextTerminated):
+        for _ in range(200):
+            sub.recv_batch(4, 10)
+    sub.close()
+    term.join(10)
+    assert not term.is_alive()
