@@ -1,18 +1,22 @@
 """``qnode perf`` rows of the simulated world: ``simulator`` and ``world``.
 
-``simulator``: simulated pulses/s and detections/s of the link physics alone, after a warm-up that
-loads the numba kernels, at 1 GHz: ``gys`` at 50 km (~1.6e-3 clicks per pulse over the three
-classes) and ``snspd`` at 10 km at ``qnode link``'s operating point (``qnode.link.
-OPERATING_POINTS``: the ``link`` row's link, ~0.05 clicks per pulse, dead-time limited). One thread: the world simulates on one (``World._simulate``). The pulses are simulated
-as a stream of consecutive ``simulate`` calls of ``call_slots`` = 2^30 slots. Best of three runs,
-wall clock; the note gives pulses per CPU-second, less disturbed by a busy machine.
+``simulator``: simulated pulses/s and detections/s of the link physics alone, after a warm-up
+that loads the numba kernels, at 1 GHz: ``gys`` at 50 km (~1.6e-3 clicks per pulse over the
+three classes) and ``snspd`` at 10 km at ``qnode link``'s operating point
+(``qnode.link.OPERATING_POINTS``: the ``link`` row's link, ~0.05 clicks per pulse, dead-time
+limited). One thread (the kernel is sequential). The pulses are simulated as a stream of
+consecutive ``simulate`` calls of ``call_slots`` = 2^30 slots. Best of three runs, wall clock;
+the note gives pulses per CPU-second, less disturbed by a busy machine.
 
-``world``: the ``link`` row's world end to end: a ``qnode sim serve`` subprocess (``snspd``, 10
-km, 1 GHz, the link's operating point set through the source driver) streams time tags to ``drivers.time_tagger`` over loopback TCP in fetches of at most 2^22
-tags (Bob's ``hal.acquisition.FETCH_TAGS``; a fetch answers with what is buffered) for 0.5 s
-of simulated time (0.1 s with ``--quick``). The figure the link needs is the world process's CPU time
-(``/proc/<pid>/stat``) per simulated second (``cpu_s_per_sim_s``; the span of the tags fetched);
-``tags_per_s`` is wall clock through the one client.
+``world``: the ``link`` row's world end to end: a ``qnode sim serve`` subprocess (``snspd``,
+10 km, 1 GHz, the link's operating point set through the source driver) streams time tags to
+``drivers.time_tagger`` over loopback TCP in fetches of at most 2^22 tags (Bob's
+``hal.acquisition.FETCH_TAGS``; a fetch answers with what is buffered) for 0.5 s of simulated
+time (0.1 s with ``--quick``). The figure the link needs is the world process's CPU time
+(``/proc/<pid>/stat``) per simulated second (``cpu_s_per_sim_s``; the span of the tags
+fetched), split in the note into the event loop's thread and the rest (the read-ahead worker's
+physics); ``tags_per_s`` is wall clock through the one client. Alice's symbol queries, which
+the world also answers in a link, are not part of it.
 """
 
 from __future__ import annotations
