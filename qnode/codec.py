@@ -6,6 +6,7 @@ message that passes through the loopback in a test is byte-for-byte what crosses
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import msgpack
@@ -41,7 +42,7 @@ def _ext_hook(code: int, data: bytes) -> Any:
     dtype = np.dtype(dtype_str)
     if dtype.hasobject:
         raise CodecError("object arrays are not allowed")
-    count = int(np.prod(shape)) if shape else 1
+    count = math.prod(shape)  # np.prod costs ~5 us per array on a hot path
     if len(data) - offset != count * dtype.itemsize:
         raise CodecError("array payload length does not match its shape")
     return np.frombuffer(data, dtype=dtype, offset=offset, count=count).reshape(shape)
