@@ -21,7 +21,8 @@ class CodecError(ValueError):
 
 def _default(obj: Any) -> Any:
     if isinstance(obj, np.ndarray):
-        arr = np.ascontiguousarray(obj)
+        # not np.ascontiguousarray: it turns a 0-d array into shape (1,)
+        arr = obj if obj.flags.c_contiguous else obj.copy(order="C")
         header = msgpack.packb([arr.dtype.str, list(arr.shape)])
         return msgpack.ExtType(_ND_EXT, header + arr.tobytes())
     if isinstance(obj, np.generic):
