@@ -116,8 +116,10 @@ class PipelineConfig(_Section):
     # Reconciliation starting efficiency (blind rounds of 0.02 follow), with the R 0.9 DE code:
     # at 1 % QBER, planned at the true QBER (pipeline.reconciliation.reconcile_loopback, frames
     # of 2^17): start 1.09 -> f 1.117, 1 of 48 frames lost; 1.11 -> f 1.125, 0 of 96;
-    # 1.12 -> f 1.130, 0 of 96; 1.15 -> f 1.151, 0 of 48. The plan uses an upper confidence
-    # bound of the QBER (pipeline.block_stages.plan_qber_counts), so f on the link is higher.
+    # 1.12 -> f 1.130, 0 of 96; 1.15 -> f 1.151, 0 of 48. On the link a block's frames start
+    # at the 70 % upper bound of its test-basis QBER, Bob estimates each frame's QBER from the
+    # syndrome and asks for punctured reveals up to the 95 % bound's reach
+    # (pipeline.block_stages.plan_counts), so f on the link is higher (about 1.16-1.22).
     f_target: float = Field(1.12, ge=1.0, le=2.0)
 
 
