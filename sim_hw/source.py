@@ -140,12 +140,13 @@ class PulseSource(ScpiDevice):
         gaps = np.frombuffer(payload, dtype="<u2")
         if gaps.size >= MAX_SYMBOLS:
             raise ScpiError(-222, f"{gaps.size + 1} slots, at most {MAX_SYMBOLS} per query")
-        if gaps.size and gaps.min() == 0:
-            raise ScpiError(-222, "gaps must be at least 1 (strictly increasing slots)")
-        slots = np.empty(gaps.size + 1, np.int64)
-        slots[0] = first
-        np.cumsum(gaps, dtype=np.int64, out=slots[1:])
-        slots[1:] += first
-        if slots[-1] > MAX_SLOT:
-            raise ScpiError(-222, "slot range beyond the counter")
-        return definite_block(self.symbols_for(slots).tobytes())
+        v = self.values
+        try:
+            out = symbols.symbols_for_gaps(
+                self.key, first, gaps, v["p_basis_z"], v["p_signal"], v["p_decoy"], MAX_SLOT
+            )
+        except symbols.SlotRangeError as exc:
+            raise ScpiError(-222, str(exc)) from None
+        except ValueError as exc:  # the probabilities (a settings conflict)
+            raise ScpiError(-221, str(exc)) from None
+        return definite_block(out.tobytes())

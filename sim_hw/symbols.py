@@ -24,6 +24,10 @@ _KEY_B = np.uint64(0x5851F42D4C957F2D)
 MASK64 = (1 << 64) - 1
 
 
+class SlotRangeError(ValueError):
+    """Slots a query cannot name (a zero gap, a slot beyond the counter or below 0)."""
+
+
 @njit(cache=True, inline="always")
 def mix64(z: np.uint64) -> np.uint64:
     """splitmix64 finaliser: a bijective avalanche mix of 64 bits."""
@@ -57,6 +61,24 @@ def _symbols_for_slots(slots, ka, kb, t_z, t_s, t_sd):
     for i in range(slots.size):
         out[i] = symbol_of_word(slot_word(np.uint64(slots[i]), ka, kb), t_z, t_s, t_sd)
     return out
+
+
+@njit(cache=True)
+def _symbols_for_gaps(first, gaps, max_slot, ka, kb, t_z, t_s, t_sd):
+    """Symbols of ``first, first + g1, ...`` in one pass; slot -1 flags a zero gap, -2 a slot
+    beyond ``max_slot`` (the first offending index in the second element)."""
+    out = np.empty(gaps.size + 1, np.uint8)
+    s = np.int64(first)
+    out[0] = symbol_of_word(slot_word(np.uint64(s), ka, kb), t_z, t_s, t_sd)
+    for i in range(gaps.size):
+        g = np.int64(gaps[i])
+        if g == 0:
+            return out, -1
+        s += g
+        if s > max_slot:
+            return out, -2
+        out[i + 1] = symbol_of_word(slot_word(np.uint64(s), ka, kb), t_z, t_s, t_sd)
+    return out, 0
 
 
 @njit(cache=True)
@@ -99,6 +121,33 @@ def symbols_for_slots(
     if slots.size and slots.min() < 0:
         raise ValueError("slots must be >= 0")
     return _symbols_for_slots(slots, *subkeys(key), *thresholds(p_z, p_signal, p_decoy))
+
+
+def symbols_for_gaps(
+    key: int,
+    first: int,
+    gaps: np.ndarray,
+    p_z: float,
+    p_signal: float,
+    p_decoy: float,
+    max_slot: int = (1 << 62) - 1,
+) -> np.ndarray:
+    """Symbol bytes of the strictly increasing slots ``first, first + g1, first + g1 + g2, ...``
+    (uint16 gaps, each >= 1): what ``SYMB:GAPS?`` answers, without building the slot list."""
+    gaps = np.asarray(gaps)
+    if gaps.dtype != np.uint16 or gaps.ndim != 1:
+        raise ValueError("gaps must be a 1-D uint16 array")
+    if not 0 <= first <= max_slot:
+        raise SlotRangeError(f"first slot {first} outside [0, {max_slot}]")
+    out, flag = _symbols_for_gaps(
+        np.int64(first), gaps, np.int64(max_slot), *subkeys(key),
+        *thresholds(p_z, p_signal, p_decoy),
+    )  # fmt: skip
+    if flag == -1:
+        raise SlotRangeError("gaps must be at least 1 (strictly increasing slots)")
+    if flag == -2:
+        raise SlotRangeError("slot range beyond the counter")
+    return out
 
 
 def symbols_range(

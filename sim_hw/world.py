@@ -100,6 +100,8 @@ class World:
         symbols.symbols_for_slots(0, slots, 0.5, 0.8, 0.1)
         slots.flags.writeable = False  # numba types a command's np.frombuffer payload apart
         symbols.symbols_for_slots(0, slots, 0.5, 0.8, 0.1)
+        gaps = np.frombuffer(np.ones(4, "<u2").tobytes(), "<u2")  # read-only, as SYMB:GAPS?
+        symbols.symbols_for_gaps(0, 7, gaps, 0.5, 0.8, 0.1)
         timetagger_warm_up()
         threadsafe_numba()  # picks the threading layer the read-ahead worker asks about
 

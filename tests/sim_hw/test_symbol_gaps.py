@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from qnode import linkmodel
+from sim_hw import symbols
 from sim_hw.scpi_parse import definite_block
 from sim_hw.world import World
 
@@ -47,3 +48,20 @@ def test_bad_gap_queries_are_refused(source, args, code):
     assert source.execute(b":SYMB:GAPS? " + args) is None
     errors = source.execute(b":SYST:ERR?").decode()
     assert errors.startswith(str(code)), errors
+
+
+def test_gap_kernel_matches_the_slot_list():
+    rng = np.random.default_rng(5)
+    gaps = rng.integers(1, 1 << 16, 5000).astype(np.uint16)
+    first = 123_456_789
+    slots = first + np.concatenate([[0], np.cumsum(gaps, dtype=np.int64)])
+    want = symbols.symbols_for_slots(0xC0FFEE, slots, 0.2, 0.1, 0.6)
+    got = symbols.symbols_for_gaps(0xC0FFEE, first, gaps, 0.2, 0.1, 0.6)
+    np.testing.assert_array_equal(got, want)
+    assert symbols.symbols_for_gaps(1, 9, gaps[:0], 0.5, 0.5, 0.5).size == 1  # the first slot
+    with pytest.raises(symbols.SlotRangeError, match="at least 1"):
+        symbols.symbols_for_gaps(1, 9, np.array([4, 0, 1], np.uint16), 0.5, 0.5, 0.5)
+    with pytest.raises(symbols.SlotRangeError, match="beyond"):
+        symbols.symbols_for_gaps(1, 100, np.array([4, 9], np.uint16), 0.5, 0.5, 0.5, max_slot=110)
+    with pytest.raises(ValueError, match="uint16"):
+        symbols.symbols_for_gaps(1, 9, np.array([4, 9], np.int64), 0.5, 0.5, 0.5)
