@@ -36,12 +36,17 @@ _NOT_PRINTABLE = re.compile(rb"[^\x20-\x7e\t]")
 _MAX_LOGGED = 200  # characters of a reply shown in the DEBUG log
 
 
-def encode_block(payload: bytes) -> bytes:
-    """IEEE 488.2 definite-length block header + payload (no terminator)."""
-    digits = str(len(payload)).encode()
+def block_header(size: int) -> bytes:
+    """IEEE 488.2 definite-length block header ``#<n><len>`` for a payload of ``size`` bytes."""
+    digits = str(size).encode()
     if len(digits) > 9:
         raise ValueError("a definite-length block holds at most 999,999,999 bytes")
-    return b"#" + str(len(digits)).encode() + digits + payload
+    return b"#" + str(len(digits)).encode() + digits
+
+
+def encode_block(payload: bytes) -> bytes:
+    """IEEE 488.2 definite-length block header + payload (no terminator)."""
+    return block_header(len(payload)) + payload
 
 
 class Adapter(ABC):
@@ -206,10 +211,11 @@ class Adapter(ABC):
         return named
 
     def _send(self, command: str, block: bytes | None) -> None:
-        data = command.encode("ascii")
-        if block is not None:
-            data += encode_block(block)
-        self._write_bytes(data + b"\n")
+        if block is None:
+            data = command.encode("ascii") + b"\n"
+        else:  # one copy of the payload (it may be megabytes)
+            data = b"".join((command.encode("ascii"), block_header(len(block)), block, b"\n"))
+        self._write_bytes(data)
 
     def _decode(self, raw: bytes, command: str) -> str:
         if not raw.endswith(b"\n"):
@@ -280,22 +286,34 @@ class Adapter(ABC):
 
     def _read_block(self, command: str) -> bytes:
         head = self._read_exact(2)
+        ndigits = self._block_digits(head, command)
+        if ndigits == 0:  # indefinite length: payload runs to the terminator
+            return self._read_line()[:-1]
+        count = self._block_length(self._read_exact(ndigits), command)
+        payload = self._read_exact(count) if count else b""
+        self._check_tail(self._read_exact(1), count, command)
+        return payload
+
+    # -- block header checks, shared by transports that read blocks their own way -------------
+    def _block_digits(self, head: bytes, command: str) -> int:
+        """The ``<n>`` of a ``#<n>`` block header (0: indefinite length)."""
         if head[:1] != b"#" or not head[1:2].isdigit():
             # Possibly an error line or garbage: show it.
             raise InstrumentProtocolError(self.name, command, f"bad block header {head!r}")
-        ndigits = int(head[1:2])
-        if ndigits == 0:  # indefinite length: payload runs to the terminator
-            return self._read_line()[:-1]
-        digits = self._read_exact(ndigits)
+        return int(head[1:2])
+
+    def _block_length(self, digits: bytes, command: str) -> int:
+        """The payload length from the ``<len>`` digits of a definite-length block."""
         if not digits.isdigit():
             raise InstrumentProtocolError(self.name, command, f"bad block length {digits!r}")
-        payload = self._read_exact(int(digits)) if int(digits) else b""
-        tail = self._read_exact(1)
+        return int(digits)
+
+    def _check_tail(self, tail: bytes, count: int, command: str) -> None:
+        """A definite-length block is followed by exactly ``\\n``."""
         if tail != b"\n":
             raise InstrumentProtocolError(
-                self.name, command, f"block of {len(payload)} bytes not followed by \\n: {tail!r}"
+                self.name, command, f"block of {count} bytes not followed by \\n: {tail!r}"
             )
-        return payload
 
 
 def _shown(command: str, block: bytes | None) -> str:
