@@ -96,8 +96,9 @@ class Adapter(ABC):
 
     def _translate(self, exc: BaseException, command: str) -> InstrumentError | None:
         """Map a transport exception to a named one (None: not a transport failure)."""
-        if isinstance(exc, TimeoutError):
-            return InstrumentTimeout(self.name, command, f"no answer within {self.timeout_s} s")
+        if isinstance(exc, TimeoutError):  # the transport's own words, when it has any
+            detail = str(exc) or f"no answer within {self.timeout_s} s"
+            return InstrumentTimeout(self.name, command, detail)
         if isinstance(exc, OSError):  # BrokenPipe, ConnectionReset/Refused, EIO on a pty
             return InstrumentDisconnected(self.name, command, f"connection lost: {exc!r}")
         return None

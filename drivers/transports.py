@@ -179,7 +179,7 @@ class VisaAdapter(Adapter):
         sock = self._sock
         remaining = deadline - time.monotonic()
         if remaining <= 0 or not select.select([sock], [], [], remaining)[0]:
-            raise TimeoutError(f"no reply within {self.timeout_s} s")
+            raise TimeoutError(f"no answer within {self.timeout_s} s")
         n = sock.recv_into(self._scratch)
         if n == 0:
             raise ConnectionResetError("peer closed the connection")
@@ -301,7 +301,7 @@ class SerialAdapter(Adapter):
         port = self._port
         chunk = port.read(max(1, port.in_waiting))
         if not chunk:
-            raise TimeoutError("serial read timed out")
+            raise TimeoutError(f"no answer within {self.timeout_s} s")
         self._buf += chunk
 
     def _read_line(self) -> bytes:
