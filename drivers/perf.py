@@ -9,7 +9,8 @@
   ``query_binary_values``, terminator on) on the same server.
 - ``scpi``: ``*IDN?`` round trips through a driver (``transport=tcp``: the emulated attenuator;
   ``transport=pty``: the emulated SPAD module, pyserial), beside the peers ``pyvisa`` (a bare
-  pyvisa-py resource, no driver) and ``pyvisa-asrl`` (pyvisa-py's ASRL session on the pty).
+  pyvisa-py resource, no driver) and ``pyvisa-asrl`` (pyvisa-py's ASRL session on the pty);
+  and Alice's per-frame ``:SOUR:SYMB:GAPS?`` (block argument, block reply) at a link frame's size.
 The drivers never import sim_hw: the world is a subprocess reached through its resources.
 """
 
@@ -28,6 +29,7 @@ from typing import Any
 import numpy as np
 
 STAGES = ("timetags", "scpi")
+LINK_FRAME_GAPS = 10_700  # detections per frame of the link row (qnode.link.auto_frame_slots)
 
 
 class _Process:
@@ -195,12 +197,34 @@ def scpi_rows(quick: bool, info: dict) -> list[dict[str, Any]]:
         rows.append(_latency_row(lambda: inst.query("*IDN?"), n, impl="pyvisa", transport="tcp"))
     finally:
         inst.close()
+    rows.append(_symbols_row(res["source"], n // 5))
     n_serial = n // 5
     with SpadDetector(pty) as det:
         rows.append(_latency_row(lambda: det.idn, n_serial, impl="qnode", transport="pty"))
     with SpadDetector(pty, transport="visa") as det:
         rows.append(_latency_row(lambda: det.idn, n_serial, impl="pyvisa-asrl", transport="pty"))
     return rows
+
+
+def _symbols_row(resource: str, n: int) -> dict[str, Any]:
+    """Alice's per-frame symbol query: ``:SOUR:SYMB:GAPS?`` with a link frame's gaps.
+
+    ``LINK_FRAME_GAPS`` detections per frame (the link row's 10 km snspd frame of 2^17 slots,
+    ~8 % of slots detected): a ~21 kB block argument and a ~11 kB block reply.
+    """
+    from drivers.pulse_source import PulseSource
+
+    gaps = np.random.default_rng(0).integers(1, 24, LINK_FRAME_GAPS).astype("<u2")
+    last = int(gaps.sum(dtype=np.int64))
+    with PulseSource(resource) as src:
+        src.output = False
+        src.output = True
+        deadline = time.monotonic() + 10
+        while src.slot <= last and time.monotonic() < deadline:
+            time.sleep(0.01)
+        row = _latency_row(lambda: src.symbols_for_gaps(0, gaps), n, impl="qnode",
+                           transport="tcp", command=":SOUR:SYMB:GAPS?", gaps=LINK_FRAME_GAPS)  # fmt: skip
+    return row
 
 
 def perf_rows(quick: bool = False, stages: list[str] | None = None) -> list[dict[str, Any]]:
