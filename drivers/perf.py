@@ -215,13 +215,9 @@ def _symbols_row(resource: str, n: int) -> dict[str, Any]:
     from drivers.pulse_source import PulseSource
 
     gaps = np.random.default_rng(0).integers(1, 24, LINK_FRAME_GAPS).astype("<u2")
-    last = int(gaps.sum(dtype=np.int64))
     with PulseSource(resource) as src:
         src.output = False
         src.output = True
-        deadline = time.monotonic() + 10
-        while src.slot <= last and time.monotonic() < deadline:
-            time.sleep(0.01)
         row = _latency_row(lambda: src.symbols_for_gaps(0, gaps), n, impl="qnode",
                            transport="tcp", command=":SOUR:SYMB:GAPS?", gaps=LINK_FRAME_GAPS)  # fmt: skip
     return row

@@ -8,7 +8,8 @@ simulated tagger's time stops with it (real hardware would overflow its buffer a
 
 Alice: PULL symbol requests (``[header, slot int64 buffer]``: the slots Bob detected in a frame)
 from post-processing and PUSH the answers ``[header, symbol bytes]`` (contracts §1.1), read from
-the transmitter for exactly those slots.
+the transmitter for exactly those slots (queued requests of consecutive frames in one query,
+``hal.symbol_requests``).
 
 Both publish instrument telemetry (detections/s per detector, instrument state and faults) on
 the node's telemetry hub, and answer commands (pause, resume, settings) on a REP socket.
@@ -32,6 +33,14 @@ import zmq
 from hal.bench import Bench
 from hal.events import EventBuilder, Events, TimingConfig
 from hal.monitor import InstrumentMonitor, SharedPublisher
+from hal.symbol_requests import (
+    MAX_MERGED,
+    SymbolRequest,
+    group_requests,
+    joined_gaps,
+    parse_request,
+    split_symbols,
+)
 from qnode.bus import Publisher, topic
 from qnode.codec import CodecError, packb, unpackb
 from qnode.config import NodeConfig, load_config
@@ -140,6 +149,8 @@ class Acquisition:
         self.source_settings: dict[str, float] = {}
         self.frames_out = 0
         self.frames_failed = 0  # Alice: symbol requests answered as failed (instrument fault)
+        self.symbol_queries = 0  # Alice: source queries (one per request, or per merged group)
+        self._source_faulted = False
         self.push_wait_s = 0.0  # time spent waiting for post-processing (back-pressure)
         self.fetch_s = 0.0  # time spent fetching tags from the instrument
         self.detections = np.zeros(5, np.int64)
@@ -177,6 +188,7 @@ class Acquisition:
         }
         if self.cfg.role == "alice":
             payload["frames_failed"] = self.frames_failed
+            payload["symbol_queries"] = self.symbol_queries
         if self.cfg.role == "bob":
             payload.update({f"det{ch}_per_s": float(rates[ch]) for ch in range(1, 5)})
             payload["detections_per_s"] = float(rates[1:].sum())
@@ -318,8 +330,6 @@ class Acquisition:
             pass  # the instrument went away first; nothing left to stop
 
     def _run_alice(self) -> None:
-        from drivers.errors import InstrumentError
-
         requests = self.ctx.socket(zmq.PULL)
         requests.rcvhwm = self.cfg.pipeline.queue_frames
         requests.connect(self.eps["requests"])
@@ -335,38 +345,61 @@ class Acquisition:
         if not tx.emitting:
             tx.set_emitting(True)
         self._instrument("source", "running")
-        faulted = False
+        self._source_faulted = False
         while self.running:
             self._commands()
             self._telemetry()
             if not requests.poll(100):
                 continue
-            parts = requests.recv_multipart(copy=False)
-            try:  # {frame, first} + uint16 gaps (Bob's, passed through), or {frame} + slots
-                header = unpackb(bytes(parts[0]))
-                first = header.get("first")
-                if first is not None and not 0 <= int(first) < 1 << 62:
-                    continue
-                positions = np.frombuffer(parts[1], dtype="<i8" if first is None else "<u2")
-            except (AttributeError, CodecError, IndexError, TypeError, ValueError):
-                continue
-            try:
-                if first is None:
-                    symbols = tx.symbol_bytes(positions)
-                else:
-                    symbols = tx.symbol_bytes_for_gaps(int(first), positions)
-                ok = True
-            except InstrumentError as exc:
-                self._instrument("source", "fault", exc)
-                symbols, ok = np.empty(0, np.uint8), False
-                self.frames_failed += 1  # Bob drops this frame too (sift_reply failed)
-            reply = {"frame": header.get("frame"), "ok": ok, "n": int(len(symbols)),
-                     "source": self.source_settings}  # fmt: skip
-            out.send_multipart([packb(reply), np.ascontiguousarray(symbols, np.uint8)], copy=False)
-            self.frames_out += 1
-            if ok and faulted:
-                self._instrument("source", "running")
-            faulted = not ok
+            batch = [requests.recv_multipart(copy=False)]
+            while len(batch) < MAX_MERGED and requests.poll(0):  # the rest of a burst
+                batch.append(requests.recv_multipart(copy=False))
+            parsed = [parse_request(parts) for parts in batch]
+            for group in group_requests([req for req in parsed if req is not None]):
+                self._answer_group(tx, group, out)
+
+    def _answer_group(self, tx: Any, group: list[SymbolRequest], out: zmq.Socket) -> None:
+        """One source query for the group, its reply split per frame and pushed in order.
+
+        A fault costs one frame, as for a single request: the group's first frame is answered
+        as failed, and the others are asked for again one by one (after the reconnect)."""
+        from drivers.errors import InstrumentError
+
+        try:
+            if len(group) == 1:
+                symbols = [self._query_one(tx, group[0])]
+            else:
+                self.symbol_queries += 1
+                joined = tx.symbol_bytes_for_gaps(group[0].first, joined_gaps(group))
+                symbols = split_symbols(group, joined)
+        except InstrumentError as exc:
+            self._instrument("source", "fault", exc)
+            self._symbol_reply(out, group[0], None)
+            for req in group[1:]:
+                self._answer_group(tx, [req], out)
+            return
+        for req, sym in zip(group, symbols, strict=True):
+            self._symbol_reply(out, req, sym)
+
+    def _query_one(self, tx: Any, req: SymbolRequest) -> np.ndarray:
+        self.symbol_queries += 1
+        if req.first is None:
+            return tx.symbol_bytes(req.positions)
+        return tx.symbol_bytes_for_gaps(req.first, req.positions)
+
+    def _symbol_reply(self, out: zmq.Socket, req: SymbolRequest, symbols: Any) -> None:
+        """Push ``[header, symbol bytes]``; ``symbols=None``: failed (Bob drops it too)."""
+        ok = symbols is not None
+        if not ok:
+            symbols = np.empty(0, np.uint8)
+            self.frames_failed += 1  # Bob drops this frame too (sift_reply failed)
+        reply = {"frame": req.header.get("frame"), "ok": ok, "n": int(len(symbols)),
+                 "source": self.source_settings}  # fmt: skip
+        out.send_multipart([packb(reply), np.ascontiguousarray(symbols, np.uint8)], copy=False)
+        self.frames_out += 1
+        if ok and self._source_faulted:
+            self._instrument("source", "running")
+        self._source_faulted = not ok
 
 
 def main(argv: list[str] | None = None) -> int:
