@@ -29,6 +29,7 @@ from drivers.errors import InstrumentDisconnected, InstrumentError, InstrumentTi
 _DIRECT_MIN = 1 << 16  # block payloads from this size are returned as the bytearray read
 _VISA_WRITE_CHUNK = 4096  # pyvisa-py's fixed write chunk: larger messages go in one send
 _SCRATCH = 1 << 16  # bytes per recv into the session's buffer
+_LINE_MAX = 1 << 30  # bytes per line read (a reply line is never near it)
 _RM = None
 _RM_LOCK = threading.Lock()
 
@@ -186,11 +187,19 @@ class VisaAdapter(Adapter):
         pending += self._scratch_view[:n]
 
     def _read_line(self) -> bytes:
-        if self._sock is not None:
-            pending = self._session()._pending_buffer
-            if b"\n" not in pending:  # else pyvisa-py finds the line without any I/O
-                self._fill(pending, time.monotonic() + self.timeout_s)
-        return self._res.read_raw()
+        if self._sock is None:
+            return self._res.read_raw()
+        pending = self._session()._pending_buffer
+        if b"\n" not in pending:  # else pyvisa-py finds the line without any I/O
+            self._fill(pending, time.monotonic() + self.timeout_s)
+        # pyvisa-py's session reads the line (terminator, timeout) through the library call
+        # under ``read_raw``: the resource layer's warning contexts around it cost ~10 us per
+        # reply, after the reply has arrived (measured: *IDN? p50 97 -> 85 us, bare pyvisa 79).
+        res = self._res
+        data, status = res.visalib.read(res.session, _LINE_MAX)
+        if status != constants.StatusCode.success_max_count_read:
+            return data
+        return data + res.read_raw()  # longer than _LINE_MAX: the resource layer goes on
 
     def _read_exact(self, count: int) -> bytes:
         """``count`` bytes through pyvisa's API with the terminator off (no fast path)."""
