@@ -87,6 +87,8 @@ class Counters:
         self.reconciled_bits = 0
         self.secret_bits = 0
         self.leaked_bits = 0
+        self.f_leak_bits = 0  # leak of the blocks with a known f, and its ideal (leak / f):
+        self.f_ideal_bits = 0.0  # their ratio is the run's efficiency (one block's f is noisy)
         self.blocks_done = 0
         self.blocks_failed = 0
         self.ldpc_frames = 0
@@ -483,6 +485,9 @@ class PostProcess:
             self.stats.blocks_done += 1
             self.stats.reconciled_bits += figures.get("reconciled_bits", 0)
             self.stats.leaked_bits += figures.get("leaked_bits", 0)
+            if figures.get("f"):
+                self.stats.f_leak_bits += figures["leaked_bits"]
+                self.stats.f_ideal_bits += figures["leaked_bits"] / figures["f"]
             self.stats.ldpc_frames += figures.get("ldpc_frames", 0)
             self.stats.ldpc_frames_failed += figures.get("ldpc_frames_failed", 0)
             # None kept: an unknown figure (qber null + qber_unknown) is published as null
@@ -570,6 +575,7 @@ class PostProcess:
             "skr_bps": self._rate(st.secret_window, now, 60.0),
             "blocks_done": st.blocks_done,
             "blocks_failed": st.blocks_failed,
+            "f_run": st.f_leak_bits / st.f_ideal_bits if st.f_ideal_bits else None,
             "fer": st.ldpc_frames_failed / st.ldpc_frames if st.ldpc_frames else None,
             "aborts": st.aborts,
             "malformed_peer": st.malformed_peer,

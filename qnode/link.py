@@ -467,7 +467,8 @@ class Link:
         sifted = bob_link.get("sifted_bits", 0)
         out.update({
             "qber": qber,
-            "f": bob_link.get("f"),
+            # the run's efficiency (total leak over its ideal); one block's f is noisy
+            "f": bob_link.get("f_run", bob_link.get("f")),
             "sifted_mbps": sifted / duration / 1e6 if duration > 0 else 0.0,
             "skr_mbps": sides["bob"]["key_bits"] / duration / 1e6 if duration > 0 else 0.0,
             "duration_s": round(duration, 2),

@@ -7,7 +7,9 @@ second (slots processed / clock rate), which is what ``predicted_skr_mbps``
 predicts; ``sim_speed`` = simulated seconds per wall second (the emulated instruments' transport
 bounds it); ``rss_mb`` = the larger node's resident memory (supervisor + its processes), both
 nodes given as ``rss_mb_alice`` / ``rss_mb_bob``, and ``rss_growth_mb`` from 15 s into the run
-to its end (a full run lasts 10 minutes so that a leak shows; ``--quick`` 45 s).
+to its end (a full run lasts 10 minutes so that a leak shows; ``--quick`` 45 s), and
+``rss_growth_2nd_half_mb`` over the run's second half (bounded caches fill early; a leak keeps
+growing).
 ``cpu_s_per_sim_s`` = CPU seconds (user + system, all processes of the world and both nodes)
 per simulated second over the same span, also per part as ``cpu_world`` / ``cpu_alice`` /
 ``cpu_bob``: unlike the wall-clock figures it hardly depends on what else runs on the machine,
@@ -109,18 +111,23 @@ def measure(duration_s: float) -> dict[str, Any]:
         parts = {**pids, "world": link.procs["world"].pid}
         rss_peak = {r: 0.0 for r in pids}
         rss_start: dict[str, float] = {}
+        rss_series: list[tuple[float, dict[str, float]]] = []  # (s into the run, rss per node)
         cpu_start: dict[str, float] = {}
         sim_start = 0.0
         while not link.done():
             link.poll(1.0)
+            now = {r: _rss_mb(pids[r]) for r in pids}
             for r in pids:
-                rss_peak[r] = max(rss_peak[r], _rss_mb(pids[r]))
+                rss_peak[r] = max(rss_peak[r], now[r])
+            rss_series.append((time.monotonic() - link.t0, now))
             if not rss_start and time.monotonic() - link.t0 > 15:  # after warm-up
                 rss_start = {r: _rss_mb(pids[r]) for r in pids}
                 cpu_start = {r: _cpu_s(pid) for r, pid in parts.items()}
                 sim_start = _sim_s(link)
         rss_start = rss_start or {r: 0.0 for r in pids}
         rss_end = {r: _rss_mb(pids[r]) for r in pids}
+        half = time.monotonic() - link.t0
+        rss_mid = next((m for t, m in rss_series if t >= half / 2), rss_end)
         cpu = {r: _cpu_s(pid) - cpu_start.get(r, 0.0) for r, pid in parts.items()}
         sim_span = _sim_s(link) - sim_start
         wall = time.monotonic() - link.t0
@@ -147,6 +154,8 @@ def measure(duration_s: float) -> dict[str, Any]:
             "rss_mb_alice": round(rss_peak["alice"], 1),
             "rss_mb_bob": round(rss_peak["bob"], 1),
             "rss_growth_mb": round(max(rss_end[r] - rss_start[r] for r in pids), 1),
+            # growth over the run's second half: bounded caches fill early, a leak keeps going
+            "rss_growth_2nd_half_mb": round(max(rss_end[r] - rss_mid[r] for r in pids), 1),
             "qber": result["qber"],
             "f": result["f"],
             "keys_match": result["keys_match"],

@@ -43,6 +43,7 @@ def test_qnode_link_sim_produces_identical_keys(tmp_path):
     assert alice["key_blocks"] >= 1 and alice["key_bits"] > 0
     assert alice == bob, "the two nodes hold different keys"
     assert 0 < result["qber"] < 0.05
+    assert 1.0 < result["f"] < 2.0  # the run's efficiency: leak above Shannon's bound, not absurd
     # the digests in the JSON are those of the stores on disk
     stores = [KeyStore(work / f"{r}-keys.db") for r in ("alice", "bob")]
     digests = [s.committed_digest() for s in stores]
