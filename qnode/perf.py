@@ -21,6 +21,7 @@ import typer
 # Order matters only for reading: physics first, then transports, post-processing, services.
 PERF_MODULES: list[str] = [
     "sim_hw.perf",
+    "qnode.world_perf",
     "drivers.perf",
     "hal.perf",
     "pipeline.bench.sifting",

@@ -1,4 +1,4 @@
-"""``qnode perf`` rows of the simulated world: ``simulator`` and ``world``.
+"""``qnode perf`` row of the simulated world's physics: ``simulator``.
 
 ``simulator``: simulated pulses/s and detections/s of the link physics alone, after a warm-up
 that loads the numba kernels, at 1 GHz: ``gys`` at 50 km (~1.6e-3 clicks per pulse over the
@@ -8,35 +8,19 @@ limited). One thread (the kernel is sequential). The pulses are simulated as a s
 consecutive ``simulate`` calls of ``call_slots`` = 2^30 slots. Best of three runs, wall clock;
 the note gives pulses per CPU-second, less disturbed by a busy machine.
 
-``world``: the ``link`` row's world end to end: a ``qnode sim serve`` subprocess (``snspd``,
-10 km, 1 GHz, the link's operating point set through the source driver) streams time tags to
-``drivers.time_tagger`` over loopback TCP in fetches of at most 2^22 tags (Bob's
-``hal.acquisition.FETCH_TAGS``; a fetch answers with what is buffered) for 0.5 s of simulated
-time (0.1 s with ``--quick``). The figure the link needs is the world process's CPU time
-(``/proc/<pid>/stat``) per simulated second (``cpu_s_per_sim_s``; the span of the tags
-fetched), split in the note into the event loop's thread and the rest (the read-ahead worker's
-physics); ``tags_per_s`` is wall clock through the one client. Alice's symbol queries, which
-the world also answers in a link, are not part of it.
+The ``world`` row (the world process end to end, through the drivers) is in
+:mod:`qnode.world_perf`: it drives the world with the drivers, which sim_hw must not import.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import selectors
-import signal
-import subprocess
-import sys
 import time
 from typing import Any
 
 STAGE = "simulator"
-WORLD_STAGE = "world"
 CLOCK_HZ = 1e9
 CALL_SLOTS = 1 << 30
 SIM_CASES = (("gys", 50.0), ("snspd", 10.0))
-WORLD_PRESET, WORLD_KM = "snspd", 10.0
-FETCH_TAGS = 1 << 22
 
 
 def _operating_point(preset: str) -> dict[str, float]:
@@ -89,92 +73,10 @@ def _measure(pulses: int, preset: str, km: float) -> dict[str, Any]:
     }
 
 
-def _cpu_s(pid: int, tid: int | None = None) -> float:
-    """User + system CPU seconds of a process (all its threads), or of one of its threads."""
-    path = f"/proc/{pid}/stat" if tid is None else f"/proc/{pid}/task/{tid}/stat"
-    with open(path) as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def _serve() -> subprocess.Popen:
-    args = ["-m", "qnode", "sim", "serve", "--preset", WORLD_PRESET,
-            "--distance", str(WORLD_KM), "--json"]  # fmt: skip
-    return subprocess.Popen(
-        [sys.executable, *args], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
-    )
-
-
-def _ready_line(proc: subprocess.Popen, timeout_s: float = 90.0) -> dict:
-    sel = selectors.DefaultSelector()
-    sel.register(proc.stdout, selectors.EVENT_READ)
-    ready = sel.select(timeout_s)
-    sel.close()
-    line = proc.stdout.readline() if ready else ""
-    if not line:
-        raise RuntimeError(f"qnode sim serve: no ready line within {timeout_s} s")
-    return json.loads(line)
-
-
-def _world_row(quick: bool) -> dict[str, Any]:
-    from drivers.pulse_source import PulseSource
-    from drivers.time_tagger import TimeTagger
-
-    target_s = 0.1 if quick else 0.5  # simulated seconds streamed
-    proc = _serve()
-    try:
-        res = _ready_line(proc)["instruments"]
-        with (
-            PulseSource(res["source"]) as src,
-            TimeTagger(res["timetagger"], timeout_s=30) as tagger,
-        ):
-            for name, value in _operating_point(WORLD_PRESET).items():
-                setattr(src, name, value)
-            src.output = True
-            tagger.start()
-            t_first = tagger.fetch_tags(FETCH_TAGS)[0][-1]  # warm-up: connection, read-ahead
-            c0, w0 = _cpu_s(proc.pid), time.perf_counter()
-            loop0 = _cpu_s(proc.pid, proc.pid)  # the main thread: event loop, tagger, sends
-            n_tags, t_last = 0, t_first
-            while (int(t_last) - int(t_first)) * 1e-12 < target_s:
-                time_ps, _channel = tagger.fetch_tags(FETCH_TAGS)
-                n_tags += time_ps.size
-                t_last = time_ps[-1] if time_ps.size else t_last
-            wall, cpu = time.perf_counter() - w0, _cpu_s(proc.pid) - c0
-            loop = _cpu_s(proc.pid, proc.pid) - loop0
-            sim_s = (int(t_last) - int(t_first)) * 1e-12
-            tagger.stop()
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-    return {
-        "stage": WORLD_STAGE,
-        "impl": "qnode",
-        "preset": WORLD_PRESET,
-        "clock_hz": CLOCK_HZ,
-        "distance_km": WORLD_KM,
-        "fetch_tags": FETCH_TAGS,
-        "sim_s": round(sim_s, 4),
-        "cpu_s_per_sim_s": round(cpu / sim_s, 3),
-        "tags_per_s": n_tags / wall,
-        "pulses_per_s": sim_s * CLOCK_HZ / wall,
-        "note": f"world {cpu / sim_s:.3g} CPU-s per simulated second ({loop / sim_s:.2g} on the "
-        f"event loop, the rest mostly the read-ahead's physics), {cpu * 1e9 / n_tags:.0f} ns "
-        "CPU per tag",
-    }
-
-
 def perf_rows(quick: bool = False, stages: list[str] | None = None) -> list[dict[str, Any]]:
-    """The ``simulator`` and ``world`` rows (each skipped when ``stages`` names it not)."""
+    """The ``simulator`` rows (skipped when ``stages`` names another stage)."""
     rows: list[dict[str, Any]] = []
     if stages is None or STAGE in stages:
         pulses = 1_000_000_000 if quick else 4_000_000_000
         rows.extend(_measure(pulses, preset, km) for preset, km in SIM_CASES)
-    if stages is None or WORLD_STAGE in stages:
-        rows.append(_world_row(quick))
     return rows
