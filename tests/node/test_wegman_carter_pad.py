@@ -168,21 +168,19 @@ def test_a_pad_block_settling_out_of_order_never_reuses_a_unit(tmp_path, takes):
     _assert_no_reuse(takes, hash_key)
 
 
-@pytest.mark.parametrize("seed", range(6))
-def test_pad_units_are_never_reused_under_random_faults_and_restarts(tmp_path, takes, seed):
-    rng = random.Random(seed)
-    alice, bob = _nodes(tmp_path, 10)
-    hash_key = alice.store.auth_pad_bytes()[:UNIT]
-    blocks = PadBlocks(alice, bob, rng)
+def random_walk(alice, bob, blocks, rng, takes, hash_key, steps: int = 400, each=None):
+    """Random faults, restarts, forgeries, lost checkpoints and block settlements between the
+    two nodes' sessions; no pad unit reused after any step; ``each()`` runs after every step.
+    Returns (sessions started, checkpoints verified, delivered checkpoints that failed)."""
     pair = None
-    verified = sessions = 0
-    for _ in range(400):
+    sessions = verified = genuine_failed = 0
+    for _ in range(steps):
         event = rng.random()
         if pair is None:
             pair = _handshake(alice, bob, rng)
             sessions += pair is not None
         if event < 0.08:
-            blocks.add(pad=rng.random() < 0.7, units=rng.randrange(2, 12))
+            blocks.add(rng.random() < 0.7, rng.randrange(2, 12))  # (pad block?, units)
         elif event < 0.16:
             blocks.settle_one(newest_first=rng.random() < 0.5)
         elif event < 0.20:
@@ -199,11 +197,25 @@ def test_pad_units_are_never_reused_under_random_faults_and_restarts(tmp_path, t
         else:
             sa, sb = pair
             x, y = (sa, sb) if rng.random() < 0.5 else (sb, sa)
-            ok = _checkpoint(x, y, rng, deliver=rng.random() > 0.1)  # 10 % lost on the way
+            deliver = rng.random() > 0.1  # 10 % lost on the way
+            ok = _checkpoint(x, y, rng, deliver=deliver)
             verified += ok is True
+            genuine_failed += deliver and ok is False
             if not ok:
                 pair = None
         _assert_no_reuse(takes, hash_key)
+        if each is not None:
+            each()
+    return sessions, verified, genuine_failed
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_pad_units_are_never_reused_under_random_faults_and_restarts(tmp_path, takes, seed):
+    rng = random.Random(seed)
+    alice, bob = _nodes(tmp_path, 10)
+    hash_key = alice.store.auth_pad_bytes()[:UNIT]
+    blocks = PadBlocks(alice, bob, rng)
+    sessions, verified, _ = random_walk(alice, bob, blocks, rng, takes, hash_key)
     assert sessions >= 5 and verified >= 20  # the scenario did run checkpoints
     # the two streams agree once every block is settled
     while blocks.waiting:

@@ -47,36 +47,13 @@ def test_lost_proposals_keep_bobs_pad_stream_a_prefix_of_alices(tmp_path, takes,
     alice, bob = pad._nodes(tmp_path, 10)
     hash_key = alice.store.auth_pad_bytes()[:UNIT]
     blocks = _Blocks(alice, bob, rng)
-    pair, verified = None, 0
-    for _ in range(400):
-        event = rng.random()
-        if pair is None:
-            pair = pad._handshake(alice, bob, rng)
-        if event < 0.08:
-            blocks.add(rng.random() < 0.7, rng.randrange(2, 12))
-        elif event < 0.16:
-            blocks.settle_one(newest_first=rng.random() < 0.5)
-        elif event < 0.20:
-            (alice if rng.random() < 0.5 else bob).restart()
-            pair = None
-        elif pair is None:
-            continue
-        elif event < 0.35:
-            sa, sb = pair
-            pad._plain(*((sa, sb) if rng.random() < 0.5 else (sb, sa)), rng)
-        elif event < 0.40:
-            assert not pad._forgery(pair[rng.randrange(2)], rng)
-            pair = None
-        else:
-            sa, sb = pair
-            deliver = rng.random() > 0.1
-            ok = pad._checkpoint(*((sa, sb) if rng.random() < 0.5 else (sb, sa)), rng, deliver)
-            assert not (deliver and ok is False), "a genuine checkpoint failed: the pads differ"
-            verified += ok is True
-            if not ok:
-                pair = None
-        pad._assert_no_reuse(takes, hash_key)
+
+    def prefix() -> None:
         assert alice.store.auth_pad_bytes().startswith(bob.store.auth_pad_bytes())
+
+    _, verified, genuine_failed = pad.random_walk(alice, bob, blocks, rng, takes, hash_key,
+                                                  each=prefix)  # fmt: skip
+    assert genuine_failed == 0, "a genuine checkpoint failed: the pads differ"
     while blocks.waiting:
         blocks.settle_one(newest_first=False)
     assert bob.store.auth_pad_bytes() == alice.store.auth_pad_bytes()
