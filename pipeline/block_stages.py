@@ -315,7 +315,7 @@ def make(role: str, data: BlockInput) -> BlockSide:
 def warm_up() -> None:
     """Compile (or load from numba's cache) every kernel a block needs, on a synthetic block,
     so that the first real block is not held up by compilation mid-protocol."""
-    from pipeline.channel import loopback_pair
+    from pipeline.channel import exchange, loopback_pair
     from pipeline.sifting import sift_loopback
 
     rng = np.random.default_rng(0)
@@ -336,12 +336,4 @@ def warm_up() -> None:
     for m in alice.start():
         a_end.send(m)
     bob.start()
-    for _ in range(50):
-        if not (a_end.pending() or b_end.pending()):
-            break
-        while b_end.pending():
-            for m in bob.handle(b_end.recv()):
-                b_end.send(m)
-        while a_end.pending():
-            for m in alice.handle(a_end.recv()):
-                a_end.send(m)
+    exchange(alice, bob, a_end, b_end, max_rounds=50)

@@ -10,6 +10,7 @@ message through the real msgpack codec so tests exercise exactly what crosses th
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from qnode.codec import packb, unpackb
@@ -23,6 +24,12 @@ class PeerChannel(Protocol):
     def send(self, message: Message) -> None: ...
 
     def recv(self) -> Message: ...
+
+
+class Handler(Protocol):
+    """A sans-I/O stage side: takes the peer's message, returns the messages to send back."""
+
+    def handle(self, message: Message) -> list[Message]: ...
 
 
 class ChannelEmpty(RuntimeError):
@@ -61,3 +68,30 @@ def loopback_pair() -> tuple[LoopbackChannel, LoopbackChannel]:
     a, b = LoopbackChannel(), LoopbackChannel()
     a.peer, b.peer = b, a
     return a, b
+
+
+def exchange(
+    alice: Handler,
+    bob: Handler,
+    a_end: LoopbackChannel,
+    b_end: LoopbackChannel,
+    max_rounds: int | None = None,
+    on_bob_message: Callable[[Message], None] | None = None,
+) -> bool:
+    """Deliver messages both ways (Bob's inbox, then Alice's, per round) until both inboxes are
+    empty: True, or False when ``max_rounds`` rounds ran first. ``on_bob_message`` sees each
+    message Bob sends."""
+    rounds = 0
+    while a_end.pending() or b_end.pending():
+        if max_rounds is not None and rounds >= max_rounds:
+            return False
+        rounds += 1
+        while b_end.pending():
+            for m in bob.handle(b_end.recv()):
+                if on_bob_message is not None:
+                    on_bob_message(m)
+                b_end.send(m)
+        while a_end.pending():
+            for m in alice.handle(a_end.recv()):
+                a_end.send(m)
+    return True

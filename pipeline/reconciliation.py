@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .channel import Message, loopback_pair
+from .channel import Message, exchange, loopback_pair
 from .ldpc.construct import DEFAULT_FRAME_LENGTH
 from .ldpc.decoder import SHORTENED_LLR, BatchDecoder, channel_llr
 from .ldpc.estimate import syndrome_qber
@@ -535,13 +535,7 @@ def reconcile_loopback(
     bob.start(bob_bits)
     for m in alice.start(alice_bits):
         a_end.send(m)
-    while b_end.pending() or a_end.pending():
-        while b_end.pending():
-            for m in bob.handle(b_end.recv()):
-                b_end.send(m)
-        while a_end.pending():
-            for m in alice.handle(a_end.recv()):
-                a_end.send(m)
+    exchange(alice, bob, a_end, b_end)
     if not (alice.done and bob.done):
         raise RuntimeError("reconciliation ended with frames unresolved")
     ra, rb = alice.result(), bob.result()

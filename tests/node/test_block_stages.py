@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from pipeline.blocks import BlockInput
-from pipeline.channel import loopback_pair
+from pipeline.channel import exchange, loopback_pair
 
 pytest.importorskip("pipeline.reconciliation")
 pytest.importorskip("pipeline.amplification")
@@ -42,15 +42,7 @@ def _run(a_in: BlockInput, b_in: BlockInput) -> tuple[AliceBlock, BobBlock, int]
     for m in alice.start():
         a_end.send(m)
     assert bob.start() == []
-    rounds = 0
-    while (a_end.pending() or b_end.pending()) and rounds < 200:
-        rounds += 1
-        while b_end.pending():
-            for m in bob.handle(b_end.recv()):
-                b_end.send(m)
-        while a_end.pending():
-            for m in alice.handle(a_end.recv()):
-                a_end.send(m)
+    exchange(alice, bob, a_end, b_end, max_rounds=200)
     return alice, bob, a_end.messages_sent + b_end.messages_sent
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.channel import loopback_pair
+from pipeline.channel import exchange, loopback_pair
 from pipeline.ldpc.decoder import SHORTENED_LLR, BatchDecoder, channel_llr
 from pipeline.ldpc.estimate import expected_sd, syndrome_qber
 from pipeline.ldpc.rate import FramePlan, binary_entropy, plan_frame
@@ -120,13 +120,7 @@ def test_bob_reveals_before_decoding_a_frame_planned_below_its_qber():
 
     rec.BatchDecoder.run = run
     try:
-        while a_end.pending() or b_end.pending():
-            while b_end.pending():
-                for m in bob.handle(b_end.recv()):
-                    b_end.send(m)
-            while a_end.pending():
-                for m in alice.handle(a_end.recv()):
-                    a_end.send(m)
+        exchange(alice, bob, a_end, b_end)
     finally:
         rec.BatchDecoder.run = original
     assert runs and runs[0].min() > 0  # the first decoding already had reveals

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.channel import loopback_pair
+from pipeline.channel import exchange, loopback_pair
 from pipeline.ldpc.rate import binary_entropy, plan_frame
 from pipeline.reconciliation import ReconcilerAlice, ReconcilerBob, reconcile_loopback
 
@@ -22,15 +22,7 @@ def noisy_pair(n: int, q: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
 
 def pump(alice, bob, a_end, b_end, on_bob_message=None):
     """Deliver messages until both queues are empty; optional hook sees Bob's outgoing ones."""
-    while a_end.pending() or b_end.pending():
-        while b_end.pending():
-            for m in bob.handle(b_end.recv()):
-                if on_bob_message:
-                    on_bob_message(m)
-                b_end.send(m)
-        while a_end.pending():
-            for m in alice.handle(a_end.recv()):
-                a_end.send(m)
+    exchange(alice, bob, a_end, b_end, on_bob_message=on_bob_message)
 
 
 @pytest.mark.parametrize("q", [0.02, 0.05, 0.09])
