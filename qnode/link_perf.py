@@ -21,6 +21,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+STAGE = "link"
 PRESET = "snspd"
 DISTANCE_KM = 10.0
 BLOCK_BITS = 200_000
@@ -102,7 +103,7 @@ def measure(duration_s: float) -> dict[str, Any]:
     opts = LinkOptions(preset=PRESET, distance_km=DISTANCE_KM, duration_s=duration_s,
                        block_bits=BLOCK_BITS)  # fmt: skip
     link = Link(opts)
-    row: dict[str, Any] = {"stage": "link", "impl": "qnode", "preset": PRESET,
+    row: dict[str, Any] = {"stage": STAGE, "impl": "qnode", "preset": PRESET,
                            "distance_km": DISTANCE_KM, "clock_hz": 1e9,
                            "block_bits": BLOCK_BITS}  # fmt: skip
     try:
@@ -175,6 +176,6 @@ def measure(duration_s: float) -> dict[str, Any]:
 
 
 def perf_rows(quick: bool = False, stages: list[str] | None = None) -> list[dict]:
-    if stages is not None and "link" not in stages:
+    if stages is not None and STAGE not in stages:
         return []
     return [measure(45.0 if quick else 600.0)]

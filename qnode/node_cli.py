@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -159,6 +160,16 @@ def link_command(
         raise typer.Exit(2)
     if auth not in ("hmac", "wegman-carter"):
         console.print(f"qnode link: --auth must be hmac or wegman-carter, not {auth!r}")
+        raise typer.Exit(2)
+    for name, value in (("--duration", duration), ("--keys", keys)):
+        if value is not None and not value > 0:  # NaN too
+            console.print(f"qnode link: {name} must be positive, not {value}")
+            raise typer.Exit(2)
+    if distance is not None and not 0 <= distance < math.inf:
+        console.print(f"qnode link: --distance must be a length in km (>= 0), not {distance}")
+        raise typer.Exit(2)
+    if block_bits < 0:
+        console.print(f"qnode link: --block-bits must be positive, not {block_bits}")
         raise typer.Exit(2)
     opts = LinkOptions(
         preset=None if link_file else (preset or "snspd"), link_file=link_file,

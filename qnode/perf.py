@@ -51,8 +51,29 @@ FIGURE_KEYS = (
 )
 
 
+def known_stages() -> list[str]:
+    """Every stage the perf modules measure (``STAGE`` or ``STAGES`` of each module)."""
+    out: list[str] = []
+    for name in PERF_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name == name:
+                continue
+            raise
+        one = getattr(module, "STAGE", None)
+        out.extend([one] if one else getattr(module, "STAGES", ()))
+    return out
+
+
 def collect(stages: list[str] | None = None, quick: bool = False) -> list[dict[str, Any]]:
-    """Run every contributing perf module (or those whose rows match ``stages``)."""
+    """Run every contributing perf module (or those whose rows match ``stages``); an unknown
+    stage name is a ValueError before anything runs."""
+    if stages:
+        known = known_stages()
+        unknown = [s for s in stages if s not in known]
+        if unknown:
+            raise ValueError(f"unknown stage {', '.join(unknown)} (known: {', '.join(known)})")
     rows: list[dict[str, Any]] = []
     for name in PERF_MODULES:
         try:
@@ -127,7 +148,11 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Measure each stage beside its peers in one run and print the ratios."""
         t0 = time.perf_counter()
-        rows = collect(stage or None, quick=quick)
+        try:
+            rows = collect(stage or None, quick=quick)
+        except ValueError as exc:
+            typer.echo(f"qnode perf: {exc}", err=True)
+            raise typer.Exit(2) from None
         if json_out:
             json.dump({"rows": rows, "elapsed_s": round(time.perf_counter() - t0, 1)}, sys.stdout)
             sys.stdout.write("\n")
